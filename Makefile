@@ -1,0 +1,44 @@
+# moonwatch developer commands. `make run` and `make test` create the virtualenv when it is missing.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+CONFIG ?= cluster.yml
+PYTEST_ARGS ?=
+
+.PHONY: run test lint typecheck layers unit bench soak clean venv
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+## run: start the five-server demo cluster on 127.0.0.1 until Ctrl-C
+run: venv
+	$(BIN)/moonwatch up --config $(CONFIG)
+
+## test: lint, type-check, layer contracts, then the whole default test suite
+test: lint typecheck layers
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check agent consensus healer app tests scripts
+	$(BIN)/ruff format --check agent consensus healer app tests scripts
+
+typecheck: venv
+	$(BIN)/mypy
+
+layers: venv
+	$(BIN)/lint-imports
+
+unit: venv
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+## bench: leader fail-over benchmark (20 trials, prints a table, writes JSON)
+bench: venv
+	$(BIN)/python scripts/bench/leader_failover.py --trials 20 --json bench-results/leader_failover.json
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .import_linter_cache var bench-results
