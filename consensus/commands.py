@@ -1,0 +1,172 @@
+"""Commands to the replicated state: versioned, JSON-safe dataclasses and their strict codec."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+
+from consensus.state import Role
+
+COMMAND_VERSION: Final = 1
+MAX_COMMAND_BYTES: Final = 64 * 1024
+# Unknown fields are errors: a field we do not know is a field we would silently drop.
+_STRICT: Final = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSpec:
+    __pydantic_config__ = _STRICT
+
+    name: str
+    role: Role
+    domain: str
+
+
+@dataclass(frozen=True, slots=True)
+class SlotSpec:
+    __pydantic_config__ = _STRICT
+
+    name: str
+    owner: str
+    tenants: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Bootstrap:
+    """Create the cluster's initial state from the configuration. Accepted once."""
+
+    __pydantic_config__ = _STRICT
+
+    id: str
+    at: float
+    cluster: str
+    config_digest: str
+    servers: tuple[ServerSpec, ...]
+    slots: tuple[SlotSpec, ...]
+    lease_s: float
+    kind: Literal["bootstrap"] = "bootstrap"
+    version: int = COMMAND_VERSION
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerUp:
+    """A server's agent (re)started with a new, higher incarnation and joined the cluster."""
+
+    __pydantic_config__ = _STRICT
+
+    id: str
+    at: float
+    server: str
+    incarnation: int
+    kind: Literal["server_up"] = "server_up"
+    version: int = COMMAND_VERSION
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MarkServerFailed:
+    """The cluster's verdict that a server has failed, at the incarnation the observers saw."""
+
+    __pydantic_config__ = _STRICT
+
+    id: str
+    at: float
+    server: str
+    incarnation: int
+    evidence: dict[str, Any] = field(default_factory=dict)
+    kind: Literal["mark_server_failed"] = "mark_server_failed"
+    version: int = COMMAND_VERSION
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AssignSlot:
+    """Give a slot to a new owner under the next epoch (the previous owner is fenced by it)."""
+
+    __pydantic_config__ = _STRICT
+
+    id: str
+    at: float
+    slot: str
+    owner: str
+    epoch: int
+    reason: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+    kind: Literal["assign_slot"] = "assign_slot"
+    version: int = COMMAND_VERSION
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SlotServing:
+    """The owner reports that its instance of the slot passes health checks at `address`."""
+
+    __pydantic_config__ = _STRICT
+
+    id: str
+    at: float
+    slot: str
+    owner: str
+    epoch: int
+    address: str
+    kind: Literal["slot_serving"] = "slot_serving"
+    version: int = COMMAND_VERSION
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RenewLease:
+    """The owner renews its lease on a slot for the current epoch."""
+
+    __pydantic_config__ = _STRICT
+
+    id: str
+    at: float
+    slot: str
+    owner: str
+    epoch: int
+    kind: Literal["renew_lease"] = "renew_lease"
+    version: int = COMMAND_VERSION
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReleaseSlot:
+    """The owner gives a slot up (it cannot serve it); the slot waits for a new owner."""
+
+    __pydantic_config__ = _STRICT
+
+    id: str
+    at: float
+    slot: str
+    owner: str
+    epoch: int
+    reason: str
+    kind: Literal["release_slot"] = "release_slot"
+    version: int = COMMAND_VERSION
+
+
+Command = (
+    Bootstrap | ServerUp | MarkServerFailed | AssignSlot | SlotServing | RenewLease | ReleaseSlot
+)
+
+_COMMAND_ADAPTER: Final = TypeAdapter[Command](Annotated[Command, Field(discriminator="kind")])
+
+
+class CommandDecodeError(ValueError):
+    """A command payload is not a well-formed command (hostile, corrupt or from a newer agent)."""
+
+
+def encode_command(command: Command) -> str:
+    return json.dumps(dataclasses.asdict(command), sort_keys=True, separators=(",", ":"))
+
+
+def decode_command(payload: str | bytes) -> Command:
+    """Parse a payload strictly: unknown kinds, missing or extra fields are errors."""
+    if len(payload) > MAX_COMMAND_BYTES:
+        raise CommandDecodeError(f"command of {len(payload)} bytes exceeds {MAX_COMMAND_BYTES}")
+    try:
+        return _COMMAND_ADAPTER.validate_json(payload, strict=True)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "command"
+        raise CommandDecodeError(f"malformed command: {where}: {first['msg']}") from exc

@@ -1,0 +1,83 @@
+"""The Consensus seam: submit a command, read committed state; plus what it needs of a clock."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from consensus.commands import Command
+from consensus.state import ClusterState
+
+
+class Timer(Protocol):
+    """The part of the agent's clock that consensus needs (structurally satisfied by Clock)."""
+
+    def monotonic(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RaftStatus:
+    """This node's view of Raft at one instant. `leader` may be stale by an election timeout."""
+
+    server: str
+    voter: bool
+    leader: str | None = None
+    term: int = 0
+    is_leader: bool = False
+    commit_index: int = 0
+    last_applied: int = 0
+    ready: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Committed state as this node has applied it, with the Raft view it was read under."""
+
+    state: ClusterState
+    raft: RaftStatus
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitResult:
+    """What became of a submitted command.
+
+    committed: applied by the state machine. rejected: committed to the log but refused by
+    `apply` (`stale` when overtaken by newer state). failed: no commit within the timeout
+    (no leader, no quorum, or unknown outcome); resubmitting the same command is safe because
+    the state machine drops duplicate command ids.
+    """
+
+    status: Literal["committed", "rejected", "failed"]
+    reason: str = ""
+    stale: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "committed"
+
+
+class Consensus(Protocol):
+    """Agreement on the cluster state among the agents."""
+
+    async def start(self) -> None:
+        """Join the cluster (bind, open the journal, replay it). Returns without waiting for a
+        leader. Raises ConsensusError when the node cannot run at all (port taken, bad journal)."""
+
+    async def stop(self) -> None:
+        """Leave the cluster and release ports and threads. Idempotent; bounded (~2 s)."""
+
+    def snapshot(self) -> Snapshot:
+        """The latest committed state and Raft view; never blocks, never raises."""
+
+    async def wait_changed(self, timeout_s: float) -> bool:
+        """Wait until the committed state or the Raft view changes; False on timeout."""
+
+    async def submit(self, command: Command, timeout_s: float) -> SubmitResult:
+        """Commit `command` through the current leader, retrying leader changes until
+        `timeout_s` has passed. Never raises for cluster conditions (see SubmitResult)."""
+
+
+class ConsensusError(Exception):
+    """The consensus node cannot run (configuration, port or journal problem)."""

@@ -1,0 +1,113 @@
+"""The replicated cluster state: servers, slots and the bounded list of decisions, all immutable."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from pydantic import TypeAdapter, ValidationError
+
+STATE_SCHEMA: Final = 1
+MAX_DECISIONS: Final = 1000
+MAX_REMEMBERED_COMMANDS: Final = 512
+
+Role = Literal["active", "spare"]
+ServerState = Literal["new", "up", "failed", "quarantined"]
+SlotState = Literal["unassigned", "assigned", "serving", "released"]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerRecord:
+    """One server as the cluster agrees it is."""
+
+    name: str
+    role: Role
+    domain: str
+    state: ServerState = "new"
+    incarnation: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SlotRecord:
+    """One slot: who owns it under which epoch, and whether the owner serves it yet.
+
+    `epoch` grows by one with every change of owner; commands that name an older epoch are
+    stale. `lease_seq` counts committed lease renewals of the current epoch; each side measures
+    the lease duration (`lease_s`) on its own monotonic clock from the renewal it knows of.
+    """
+
+    name: str
+    tenants: tuple[str, ...]
+    owner: str | None = None
+    epoch: int = 0
+    state: SlotState = "unassigned"
+    address: str | None = None
+    lease_s: float = 0.0
+    lease_seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A committed decision with the evidence it was taken on."""
+
+    id: str
+    kind: str
+    at: float
+    subject: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterState:
+    """Everything the cluster agrees on. Small by design: it is pickled into Raft snapshots."""
+
+    schema: int = STATE_SCHEMA
+    cluster: str | None = None
+    config_digest: str | None = None
+    servers: tuple[ServerRecord, ...] = ()
+    slots: tuple[SlotRecord, ...] = ()
+    mode: Literal["normal", "cascade", "recovering"] = "normal"
+    decisions: tuple[Decision, ...] = ()
+    decision_seq: int = 0
+    applied: int = 0
+    recent_commands: tuple[str, ...] = ()
+
+    @property
+    def bootstrapped(self) -> bool:
+        return self.cluster is not None
+
+    def server(self, name: str) -> ServerRecord | None:
+        return next((s for s in self.servers if s.name == name), None)
+
+    def slot(self, name: str) -> SlotRecord | None:
+        return next((s for s in self.slots if s.name == name), None)
+
+    def slots_owned_by(self, server: str) -> tuple[SlotRecord, ...]:
+        return tuple(s for s in self.slots if s.owner == server)
+
+    def tenant_slot(self, tenant: str) -> SlotRecord | None:
+        return next((s for s in self.slots if tenant in s.tenants), None)
+
+    def decision(self, decision_id: str) -> Decision | None:
+        return next((d for d in self.decisions if d.id == decision_id), None)
+
+
+_STATE_ADAPTER: Final = TypeAdapter(ClusterState)
+
+
+class StateDecodeError(ValueError):
+    """A serialized state could not be read back."""
+
+
+def encode_state(state: ClusterState) -> str:
+    """Canonical JSON of a state (sorted keys), identical on every node for equal states."""
+    return json.dumps(dataclasses.asdict(state), sort_keys=True, separators=(",", ":"))
+
+
+def decode_state(text: str | bytes) -> ClusterState:
+    try:
+        return _STATE_ADAPTER.validate_json(text)
+    except ValidationError as exc:
+        raise StateDecodeError(f"cannot decode cluster state: {exc.error_count()} errors") from exc
