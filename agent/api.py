@@ -1,0 +1,101 @@
+"""The agent's HTTP API: health, readiness, metrics, status and decisions."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from agent.clock import Clock
+from agent.loop import DecisionLoop
+from agent.metrics import AgentMetrics
+from agent.status import decision_document, decisions_document, status_document
+from consensus.protocol import Consensus
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class ApiContext:
+    cluster: str
+    server: str
+    pid: int
+    consensus: Consensus
+    loop: DecisionLoop
+    clock: Clock
+    metrics: AgentMetrics
+    # /healthz fails when the decision loop has not completed a tick for this long.
+    stall_after_s: float
+
+
+def build_api(ctx: ApiContext) -> web.Application:
+    app = web.Application(middlewares=[_json_errors], client_max_size=1024 * 1024)
+    api = _Api(ctx)
+    app.router.add_get("/healthz", api.healthz)
+    app.router.add_get("/readyz", api.readyz)
+    app.router.add_get("/metrics", make_aiohttp_handler(ctx.metrics.registry))
+    app.router.add_get("/v1/status", api.status)
+    app.router.add_get("/v1/decisions", api.decisions)
+    app.router.add_get("/v1/decisions/{id}", api.decision)
+    return app
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, indent=None))
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    """Every error of this API is JSON: {"error": ..., "status": ...}."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        body = {"error": exc.reason, "status": exc.status}
+        response = _json(body, status=exc.status)
+        if exc.status == 405:
+            response.headers["Allow"] = exc.headers.get("Allow", "GET")
+        return response
+
+
+class _Api:
+    def __init__(self, ctx: ApiContext) -> None:
+        self._ctx = ctx
+
+    async def healthz(self, _: web.Request) -> web.Response:
+        report = self._ctx.loop.last_report
+        now = self._ctx.clock.monotonic()
+        if report is None:
+            return _json({"status": "starting"}, status=503)
+        age_s = now - report.at_monotonic
+        if age_s > self._ctx.stall_after_s:
+            return _json({"status": "stalled", "last_tick_age_s": round(age_s, 3)}, status=503)
+        return _json(
+            {"status": "ok", "last_tick_age_s": round(age_s, 3), "summary": report.summary}
+        )
+
+    async def readyz(self, _: web.Request) -> web.Response:
+        raft = self._ctx.consensus.snapshot().raft
+        joined = self._ctx.loop.joined()
+        ready = joined and raft.leader is not None
+        body = {"ready": ready, "joined": joined, "leader": raft.leader}
+        return _json(body, status=200 if ready else 503)
+
+    async def status(self, _: web.Request) -> web.Response:
+        snap = self._ctx.consensus.snapshot()
+        return _json(status_document(self._ctx.cluster, self._ctx.server, self._ctx.pid, snap))
+
+    async def decisions(self, _: web.Request) -> web.Response:
+        return _json(decisions_document(self._ctx.consensus.snapshot()))
+
+    async def decision(self, request: web.Request) -> web.Response:
+        decision_id = request.match_info["id"]
+        decision = self._ctx.consensus.snapshot().state.decision(decision_id)
+        if decision is None:
+            return _json({"error": f"no decision {decision_id[:64]!r}", "status": 404}, 404)
+        return _json(decision_document(decision))

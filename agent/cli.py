@@ -1,0 +1,186 @@
+"""The `moonwatch` command line: a thin layer over `main(argv) -> int`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from agent.clock import SystemClock
+from agent.config import ClusterConfig, ConfigError, load_config
+from agent.configcheck import check_config_main
+from agent.daemon import EXIT_USAGE, Agent, install_signal_handlers
+from agent.launcher import LocalCluster, ports_in_use
+from agent.logs import configure_logging
+from agent.statusview import StatusUnavailable, fetch_status, render_status
+from agent.wiring import build_agent
+
+DEFAULT_CONFIG = "cluster.yml"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="moonwatch", description="Self-healing cluster agent for a multi-tenant service."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    agent = sub.add_parser("agent", help="run one agent in the foreground (what systemd runs)")
+    agent.add_argument("--config", default=DEFAULT_CONFIG, help="cluster config (cluster.yml)")
+    agent.add_argument("--server", required=True, help="this server's name in the config")
+    agent.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+
+    up = sub.add_parser("up", help="run every server of the config locally until Ctrl-C")
+    up.add_argument("--config", default=DEFAULT_CONFIG)
+
+    status = sub.add_parser("status", help="show servers, slots and the leader")
+    status.add_argument("--url", action="append", help="an agent's URL (repeatable)")
+    status.add_argument("--config", default=DEFAULT_CONFIG, help="find agents from this config")
+    status.add_argument("--json", action="store_true", help="print the raw /v1/status JSON")
+
+    check = sub.add_parser("check-config", help="validate a cluster config file")
+    check.add_argument("file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "check-config":
+        return check_config_main(args.file, sys.stdout, sys.stderr)
+    if args.command == "status":
+        return _status(args.url, args.config, args.json)
+    config = _load(args.config)
+    if config is None:
+        return EXIT_USAGE
+    if args.command == "agent":
+        return _agent(config, args.server, args.log_level)
+    return _up(Path(args.config), config)
+
+
+def _load(path: str) -> ClusterConfig | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(f"{path}: {line}", file=sys.stderr)
+        return None
+
+
+def _agent(config: ClusterConfig, server: str, log_level: str) -> int:
+    if server not in {s.name for s in config.servers}:
+        names = ", ".join(s.name for s in config.servers)
+        print(
+            f"moonwatch agent: no server {server!r} in the config (have {names})", file=sys.stderr
+        )
+        return EXIT_USAGE
+    configure_logging(server, log_level)
+
+    async def run() -> int:
+        stopping = asyncio.Event()
+        install_signal_handlers(stopping)
+        return await Agent(build_agent(config, server, SystemClock())).serve(stopping)
+
+    return asyncio.run(run())
+
+
+def _status(urls: list[str] | None, config_path: str, as_json: bool) -> int:
+    if not urls:
+        config = _load(config_path)
+        if config is None:
+            print("moonwatch status: give --url or a valid --config", file=sys.stderr)
+            return EXIT_USAGE
+        urls = [s.agent_url for s in config.servers]
+    try:
+        source, doc = fetch_status(urls)
+    except StatusUnavailable as exc:
+        print(f"moonwatch status: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(doc, indent=2) if as_json else render_status(source, doc))
+    return 0
+
+
+def _up(config_path: Path, config: ClusterConfig) -> int:
+    taken = ports_in_use(config)
+    if taken:
+        for line in taken:
+            print(f"moonwatch up: {line}", file=sys.stderr)
+        return EXIT_USAGE
+    return asyncio.run(_run_up(config_path.resolve(), config))
+
+
+async def _run_up(config_path: Path, config: ClusterConfig) -> int:
+    clock = SystemClock()
+    stopping = asyncio.Event()
+    install_signal_handlers(stopping)
+    cluster = LocalCluster(config_path, config, clock)
+    try:
+        await cluster.start()
+        manifest = config.data_dir / "up.json"
+        cluster.write_manifest(manifest)
+        _print_banner(cluster, manifest)
+        pending = await cluster.wait_ready(timeout_s=30.0)
+        if pending:
+            print(f"not ready after 30 s: {', '.join(pending)} (see {cluster.log_dir})")
+        _show_status(config)
+        await _watch(cluster, stopping)
+    finally:
+        print("\nstopping every server ...", flush=True)
+        await cluster.stop(timeout_s=config.timing.shutdown_timeout_s + 2)
+        print("stopped.", flush=True)
+    return 0
+
+
+def _print_banner(cluster: LocalCluster, manifest: Path) -> None:
+    print(f"moonwatch cluster {cluster.config.cluster!r}: {len(cluster.servers)} servers")
+    for server in cluster.config.servers:
+        local = cluster.servers[server.name]
+        voter = "voter" if cluster.config.is_voter(server.name) else "     "
+        print(
+            f"  {server.name}  {server.role:6}  {voter}  pgid {local.pgid:<7}  "
+            f"status {server.agent_url}/v1/status   edge {server.edge_url}"
+        )
+    tenant = cluster.config.slots[0].tenants[0]
+    edge = cluster.config.servers[0]
+    print(f"logs: {cluster.log_dir}   manifest: {manifest}")
+    print(f"try:  curl -H 'Host: {tenant}.{cluster.config.base_domain}' {edge.edge_url}/")
+    print("      moonwatch status        kill -9 -<pgid>   (a server failure)")
+    print("Ctrl-C stops everything.\n", flush=True)
+
+
+def _show_status(config: ClusterConfig) -> None:
+    try:
+        source, doc = fetch_status([s.agent_url for s in config.servers])
+    except StatusUnavailable as exc:
+        print(str(exc))
+        return
+    print(render_status(source, doc) + "\n", flush=True)
+
+
+async def _watch(cluster: LocalCluster, stopping: asyncio.Event) -> None:
+    """Until Ctrl-C: report servers that exit, and each change of Raft leader."""
+    reported: set[str] = set()
+    leader: object = None
+    while not stopping.is_set():
+        for name, server in cluster.servers.items():
+            code = server.process.returncode
+            if code is not None and name not in reported:
+                reported.add(name)
+                how = f"signal {-code}" if code < 0 else f"exit code {code}"
+                print(f"{name} (pgid {server.pgid}) stopped: {how}", flush=True)
+        leader = await _report_leader(cluster, leader)
+        try:
+            await asyncio.wait_for(stopping.wait(), 1.0)
+        except TimeoutError:
+            continue
+
+
+async def _report_leader(cluster: LocalCluster, previous: object) -> object:
+    for name in cluster.alive():
+        answer = await cluster.get_json(name, "/v1/status")
+        if answer is not None:
+            leader = answer[1].get("leader")
+            if leader != previous and leader is not None:
+                print(f"leader is now {leader} (term {answer[1].get('term')})", flush=True)
+            return leader if leader is not None else previous
+    return previous

@@ -1,0 +1,31 @@
+"""The Clock seam: the one place in the agent that reads real time or sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Protocol
+
+
+class Clock(Protocol):
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes backwards; only differences mean anything."""
+
+    def wall(self) -> float:
+        """Seconds since the epoch (UTC), for timestamps people read; may jump."""
+
+    async def sleep(self, seconds: float) -> None:
+        """Suspend the calling task for `seconds` (0 yields once)."""
+
+
+class SystemClock:
+    """Real time."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def wall(self) -> float:
+        return time.time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds))

@@ -1,0 +1,166 @@
+"""LocalCluster: every server of a config as its own local process group (`moonwatch up`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import aiohttp
+
+from agent.clock import Clock
+from agent.config import ClusterConfig
+
+
+@dataclass
+class LocalServer:
+    name: str
+    process: asyncio.subprocess.Process
+    log_path: Path
+
+    @property
+    def pgid(self) -> int:
+        """The agent leads its own process group; its app instances are in it."""
+        return self.process.pid
+
+
+def ports_in_use(config: ClusterConfig, servers: list[str] | None = None) -> list[str]:
+    """Each port the given servers need that something already listens on, as a sentence."""
+    taken: list[str] = []
+    for server in config.servers:
+        if servers is not None and server.name not in servers:
+            continue
+        wanted = {
+            "agent_port": server.agent_port,
+            "edge_port": server.edge_port,
+            **{
+                f"app_port for {slot.name}": config.app_port(server.name, slot.name)
+                for slot in config.slots
+            },
+        }
+        if config.is_voter(server.name):
+            wanted["raft_port"] = server.raft_port
+        for what, port in wanted.items():
+            if not _can_bind(server.host, port):
+                taken.append(f"{server.host}:{port} ({server.name} {what}) is already in use")
+    return taken
+
+
+def _can_bind(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+class LocalCluster:
+    """Starts, kills and stops agents of one config on this machine. Only ever signals the
+    process groups it started itself."""
+
+    def __init__(self, config_path: Path, config: ClusterConfig, clock: Clock) -> None:
+        self.config_path = config_path
+        self.config = config
+        self.clock = clock
+        self.servers: dict[str, LocalServer] = {}
+        self.log_dir = config.data_dir / "logs"
+        self._http: aiohttp.ClientSession | None = None
+
+    async def start(self, names: list[str] | None = None) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for server in self.config.servers:
+            if names is None or server.name in names:
+                await self.start_server(server.name)
+
+    async def start_server(self, name: str) -> LocalServer:
+        log_path = self.log_dir / f"{name}.log"
+        log: IO[bytes]
+        with log_path.open("ab") as log:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "agent",
+                "agent",
+                "--config",
+                str(self.config_path),
+                "--server",
+                name,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.servers[name] = LocalServer(name, process, log_path)
+        return self.servers[name]
+
+    def alive(self) -> list[str]:
+        return [n for n, s in self.servers.items() if s.process.returncode is None]
+
+    def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
+        """Signal a whole server (agent and its apps), as a machine failure would."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.servers[name].pgid, sig)
+
+    async def wait_exit(self, name: str, timeout_s: float) -> int | None:
+        try:
+            return await asyncio.wait_for(self.servers[name].process.wait(), timeout_s)
+        except TimeoutError:
+            return None
+
+    async def stop(self, timeout_s: float = 15.0) -> None:
+        """SIGTERM every group, wait, then SIGKILL whatever is left of each group."""
+        for name in self.servers:
+            self.kill(name, signal.SIGTERM)
+        await asyncio.gather(*(self.wait_exit(n, timeout_s) for n in self.servers))
+        for name in self.servers:
+            self.kill(name, signal.SIGKILL)  # leftovers in the group, such as orphaned apps
+        await asyncio.gather(*(self.wait_exit(n, 2.0) for n in self.servers))
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    async def get_json(self, name: str, path: str) -> tuple[int, dict[str, object]] | None:
+        """GET an agent's API path; None when the agent does not answer."""
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0))
+        url = self.config.server(name).agent_url + path
+        try:
+            async with self._http.get(url) as resp:
+                body = await resp.json()
+                return resp.status, body if isinstance(body, dict) else {}
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return None
+
+    async def wait_ready(self, timeout_s: float, names: list[str] | None = None) -> list[str]:
+        """Wait until every named agent answers /readyz with 200; returns those still not ready."""
+        deadline = self.clock.monotonic() + timeout_s
+        pending = list(names if names is not None else self.servers)
+        while pending and self.clock.monotonic() < deadline:
+            results = await asyncio.gather(*(self.get_json(n, "/readyz") for n in pending))
+            pending = [n for n, r in zip(pending, results, strict=True) if r is None or r[0] != 200]
+            if pending:
+                await self.clock.sleep(0.1)
+        return pending
+
+    def write_manifest(self, path: Path) -> None:
+        """Who runs where, for scripts: pids, process groups, URLs and log files."""
+        manifest = {
+            name: {
+                "pid": s.process.pid,
+                "pgid": s.pgid,
+                "agent_url": self.config.server(name).agent_url,
+                "edge_url": self.config.server(name).edge_url,
+                "log": str(s.log_path),
+            }
+            for name, s in self.servers.items()
+        }
+        path.write_text(json.dumps(manifest, indent=2) + "\n")

@@ -1,0 +1,73 @@
+"""Prometheus metrics of one agent, read from its snapshot at scrape time (own registry)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import get_args
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from consensus.protocol import Snapshot
+from consensus.state import ServerState, SlotState
+
+
+class _SnapshotCollector(Collector):
+    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterable[Metric]:
+        snap = self._snapshot()
+        raft = snap.raft
+        yield GaugeMetricFamily("moonwatch_raft_term", "Current Raft term", value=raft.term)
+        yield GaugeMetricFamily(
+            "moonwatch_raft_is_leader", "1 if this agent is the Raft leader", value=raft.is_leader
+        )
+        yield GaugeMetricFamily(
+            "moonwatch_raft_commit_index", "Raft commit index", value=raft.commit_index
+        )
+        yield GaugeMetricFamily(
+            "moonwatch_raft_has_leader", "1 if a leader is known", value=raft.leader is not None
+        )
+        servers = GaugeMetricFamily(
+            "moonwatch_servers", "Servers by committed state", labels=["state"]
+        )
+        for state in get_args(ServerState):
+            count = sum(1 for s in snap.state.servers if s.state == state)
+            servers.add_metric([state], count)
+        yield servers
+        slots = GaugeMetricFamily("moonwatch_slots", "Slots by committed state", labels=["state"])
+        for state in get_args(SlotState):
+            slots.add_metric([state], sum(1 for s in snap.state.slots if s.state == state))
+        yield slots
+        yield GaugeMetricFamily(
+            "moonwatch_decisions", "Decisions committed so far", value=snap.state.decision_seq
+        )
+
+
+class AgentMetrics:
+    """The agent's registry plus the instruments the shell updates."""
+
+    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(_SnapshotCollector(snapshot))
+        self.ticks = Histogram(
+            "moonwatch_tick_seconds",
+            "Duration of one decision-loop tick",
+            registry=self.registry,
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+        )
+        self.submits = Counter(
+            "moonwatch_commands_total",
+            "Commands submitted by this agent, by kind and outcome",
+            ["kind", "status"],
+            registry=self.registry,
+        )
+        self.instance_actions = Counter(
+            "moonwatch_instance_actions_total",
+            "App instances started or stopped by this agent",
+            ["action"],
+            registry=self.registry,
+        )

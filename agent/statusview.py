@@ -1,0 +1,80 @@
+"""`moonwatch status`: fetch /v1/status from an agent and render it as a table."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+
+class StatusUnavailable(Exception):
+    """No agent answered."""
+
+
+def fetch_status(urls: list[str], timeout_s: float = 2.0) -> tuple[str, dict[str, Any]]:
+    """The first agent among `urls` that answers; raises StatusUnavailable naming each failure."""
+    failures: list[str] = []
+    for url in urls:
+        target = url.rstrip("/") + "/v1/status"
+        if not target.startswith(("http://", "https://")):
+            failures.append(f"{url}: only http:// and https:// URLs are supported")
+            continue
+        try:
+            with urllib.request.urlopen(target, timeout=timeout_s) as resp:
+                body = json.loads(resp.read().decode())
+            if isinstance(body, dict):
+                return url, body
+            failures.append(f"{target}: not a JSON object")
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            failures.append(f"{target}: {getattr(exc, 'reason', exc)}")
+    raise StatusUnavailable("no agent answered:\n  " + "\n  ".join(failures))
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return lines
+
+
+def render_status(source: str, doc: dict[str, Any]) -> str:
+    """A readable table of servers, slots and the leader."""
+    leader = doc.get("leader")
+    lines = [
+        f"cluster {doc.get('cluster')}   leader {leader or '(none)'}   term {doc.get('term')}   "
+        f"mode {doc.get('mode')}",
+        f"as seen by {doc.get('server')} (pid {doc.get('pid')}) at {source}",
+        "",
+    ]
+    servers = [
+        [
+            ("* " if s.get("name") == leader else "  ") + str(s.get("name")),
+            str(s.get("role")),
+            str(s.get("state")),
+            str(s.get("incarnation")),
+            str(s.get("domain", "")),
+        ]
+        for s in doc.get("servers", [])
+    ]
+    lines += _table(["  SERVER", "ROLE", "STATE", "INCARNATION", "DOMAIN"], servers)
+    lines.append("")
+    slots = [
+        [
+            str(s.get("name")),
+            str(s.get("owner") or "-"),
+            str(s.get("state")),
+            str(s.get("epoch")),
+            ", ".join(s.get("tenants", [])),
+        ]
+        for s in doc.get("slots", [])
+    ]
+    lines += _table(["SLOT", "OWNER", "STATE", "EPOCH", "TENANTS"], slots)
+    stops = doc.get("stops") or []
+    if stops:
+        lines += ["", f"stopped subdomains: {len(stops)}"]
+    lines += ["", "* = Raft leader"]
+    return "\n".join(lines)

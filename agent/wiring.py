@@ -1,0 +1,80 @@
+"""The one place that picks real implementations and builds an agent from the configuration."""
+
+from __future__ import annotations
+
+import os
+
+from agent.api import ApiContext, build_api
+from agent.clock import Clock
+from agent.config import ClusterConfig
+from agent.daemon import AgentParts, next_incarnation
+from agent.driver import ProcessDriver, ServerDriver
+from agent.edge import Edge
+from agent.loop import DecisionLoop
+from agent.metrics import AgentMetrics
+from consensus.protocol import Consensus
+from consensus.syncobj_consensus import RaftSettings, SyncObjConsensus
+
+
+def raft_settings(config: ClusterConfig, server: str) -> RaftSettings:
+    timing = config.timing
+    return RaftSettings(
+        server=server,
+        voters={name: config.server(name).raft_address for name in config.voters},
+        password=config.secrets.raft_password.get_secret_value(),
+        journal_dir=config.data_dir / "servers" / server / "raft",
+        election_min_s=timing.raft_election_min_s,
+        election_max_s=timing.raft_election_max_s,
+        leader_fallback_s=timing.leader_fallback_s,
+    )
+
+
+def build_agent(
+    config: ClusterConfig,
+    server: str,
+    clock: Clock,
+    *,
+    consensus: Consensus | None = None,
+    driver: ServerDriver | None = None,
+) -> AgentParts:
+    """Wire one agent. Tests pass their own consensus or driver; production passes neither."""
+    me = config.server(server)
+    consensus = consensus or SyncObjConsensus(raft_settings(config, server), clock)
+    driver = driver or ProcessDriver(clock)
+    metrics = AgentMetrics(consensus.snapshot)
+    incarnation = next_incarnation(config.data_dir / "servers" / server / "incarnation")
+    loop = DecisionLoop(
+        config=config,
+        server=server,
+        incarnation=incarnation,
+        consensus=consensus,
+        driver=driver,
+        clock=clock,
+        metrics=metrics,
+    )
+    api = build_api(
+        ApiContext(
+            cluster=config.cluster,
+            server=server,
+            pid=os.getpid(),
+            consensus=consensus,
+            loop=loop,
+            clock=clock,
+            metrics=metrics,
+            stall_after_s=max(5.0, 20 * config.timing.tick_s),
+        )
+    )
+    edge = Edge(config.base_domain, lambda: consensus.snapshot().state, server).application()
+    return AgentParts(
+        server=server,
+        host=me.host,
+        agent_port=me.agent_port,
+        edge_port=me.edge_port,
+        consensus=consensus,
+        driver=driver,
+        loop=loop,
+        api=api,
+        edge=edge,
+        clock=clock,
+        shutdown_timeout_s=config.timing.shutdown_timeout_s,
+    )

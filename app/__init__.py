@@ -1,0 +1,1 @@
+"""The hosted collaboration service: its own process, importing nothing else of ours."""

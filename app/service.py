@@ -1,0 +1,107 @@
+"""The hosted app's HTTP surface: health, per-tenant pages by Host header, instance headers."""
+
+from __future__ import annotations
+
+import os
+
+from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler
+
+from app import pages
+from app.clock import Clock, SystemClock
+from app.settings import AppSettings
+
+# HTML responses load nothing external; inline CSS is the only thing they need.
+_HTML_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+def host_name(host_header: str) -> str:
+    """Host header to a bare name: drop a ``:port`` and one trailing dot; keep case."""
+    name, colon, port = host_header.rpartition(":")
+    if colon and port.isdigit():
+        host_header = name
+    return host_header.removesuffix(".")
+
+
+def tenant_for_host(host_header: str, base_domain: str, tenants: tuple[str, ...]) -> str | None:
+    """Return the tenant ``<tenant>.<base_domain>`` names, or None if it names none of ours."""
+    name = host_name(host_header)
+    if not name.isascii():
+        return None
+    label, dot, domain = name.lower().partition(".")
+    if dot and domain == base_domain and label in tenants:
+        return label
+    return None
+
+
+def _html(text: str, status: int) -> web.Response:
+    return web.Response(text=text, status=status, content_type="text/html", headers=_HTML_HEADERS)
+
+
+class _Site:
+    """Request handlers and hooks bound to one instance's settings."""
+
+    def __init__(self, settings: AppSettings, started_at: float) -> None:
+        self._settings = settings
+        self._started_at = started_at
+        self._pid = os.getpid()
+        self._instance_headers = {
+            "X-Moonwatch-Slot": settings.slot,
+            "X-Moonwatch-Server": settings.server,
+            "X-Moonwatch-Epoch": str(settings.epoch),
+        }
+
+    def _tenant(self, request: web.Request) -> str | None:
+        # Read the header itself: request.host falls back to a blocking getfqdn() without one.
+        host = request.headers.get(hdrs.HOST, "")
+        return tenant_for_host(host, self._settings.base_domain, self._settings.tenants)
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        s = self._settings
+        return web.json_response(
+            {
+                "status": "ok",
+                "slot": s.slot,
+                "server": s.server,
+                "epoch": s.epoch,
+                "pid": self._pid,
+                "tenants": list(s.tenants),
+                "started_at": self._started_at,
+            }
+        )
+
+    async def home(self, request: web.Request) -> web.Response:
+        tenant = self._tenant(request)
+        if tenant is None:
+            raise web.HTTPNotFound
+        s = self._settings
+        return _html(pages.tenant_home(tenant, s.slot, s.server, s.epoch), 200)
+
+    @web.middleware
+    async def not_found_pages(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Turn every 404 (ours or the router's) into the tenant-aware HTML page."""
+        try:
+            return await handler(request)
+        except web.HTTPNotFound:
+            tenant = self._tenant(request)
+            if tenant is None:
+                host = host_name(request.headers.get(hdrs.HOST, ""))
+                return _html(pages.unknown_workspace(host), 404)
+            return _html(pages.page_not_found(tenant), 404)
+
+    async def stamp_instance(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Name this instance on every response, errors included."""
+        response.headers.update(self._instance_headers)
+
+
+def build_app(settings: AppSettings, clock: Clock | None = None) -> web.Application:
+    """Build the aiohttp application for one slot; ``started_at`` is read from ``clock`` now."""
+    site = _Site(settings, (clock or SystemClock()).wall_now())
+    app = web.Application(middlewares=[site.not_found_pages])
+    app.on_response_prepare.append(site.stamp_instance)
+    app.router.add_get("/healthz", site.healthz)
+    app.router.add_get("/", site.home)
+    return app

@@ -1,0 +1,26 @@
+"""Typed, validated settings for one hosted-app process (built by ``app.__main__`` from argv)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+# One DNS label, lower-case: what a tenant (workspace) may be called.
+TENANT_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+# Slot and server names travel in response headers, so keep them to a header-safe token.
+INSTANCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    """Everything the app needs to know about the slot it serves; immutable once parsed."""
+
+    slot: str
+    server: str
+    epoch: int
+    host: str
+    port: int
+    base_domain: str
+    tenants: tuple[str, ...]
+    data_dir: Path

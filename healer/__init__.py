@@ -1,0 +1,1 @@
+"""Pure decision code: given a snapshot of committed state and `now`, which commands to submit."""
