@@ -90,10 +90,10 @@ class Agent:
         self._loop_task = asyncio.create_task(p.loop.run(self._loop_stopping), name="decision")
 
     async def _listen(self, app: web.Application, host: str, port: int, what: str) -> None:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()
         self._runners.append(runner)
-        site = web.TCPSite(runner, host, port, shutdown_timeout=1.0, reuse_address=True)
+        site = web.TCPSite(runner, host, port, reuse_address=True)
         try:
             await site.start()
         except OSError as exc:

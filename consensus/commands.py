@@ -14,7 +14,7 @@ from consensus.state import Role
 COMMAND_VERSION: Final = 1
 MAX_COMMAND_BYTES: Final = 64 * 1024
 # Unknown fields are errors: a field we do not know is a field we would silently drop.
-_STRICT: Final = ConfigDict(extra="forbid")
+_STRICT: Final = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +157,10 @@ class CommandDecodeError(ValueError):
 
 
 def encode_command(command: Command) -> str:
-    return json.dumps(dataclasses.asdict(command), sort_keys=True, separators=(",", ":"))
+    """Canonical JSON; raises ValueError for NaN or infinite numbers, which JSON cannot carry."""
+    return json.dumps(
+        dataclasses.asdict(command), sort_keys=True, separators=(",", ":"), allow_nan=False
+    )
 
 
 def decode_command(payload: str | bytes) -> Command:

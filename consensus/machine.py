@@ -115,8 +115,11 @@ def _mark_server_failed(state: ClusterState, cmd: MarkServerFailed) -> ClusterSt
         raise CommandRejected(
             f"mark_server_failed: {cmd.server} is already {server.state}", stale=True
         )
-    state = _put_server(state, dataclasses.replace(server, state="failed"))
-    evidence = {"incarnation": cmd.incarnation, **cmd.evidence}
+    # Keep the highest incarnation seen, so a ServerUp at the failed incarnation stays stale.
+    incarnation = max(server.incarnation, cmd.incarnation)
+    state = _put_server(state, dataclasses.replace(server, state="failed", incarnation=incarnation))
+    # Facts the state machine records win over anything the submitter put in its evidence.
+    evidence = {**cmd.evidence, "incarnation": cmd.incarnation}
     return _decide(state, "server_failed", cmd.at, cmd.server, evidence)
 
 
@@ -135,10 +138,10 @@ def _assign_slot(state: ClusterState, cmd: AssignSlot) -> ClusterState:
     )
     state = _put_slot(state, updated)
     evidence = {
+        **cmd.evidence,
         "previous_owner": slot.owner,
         "epoch": cmd.epoch,
         "reason": cmd.reason,
-        **cmd.evidence,
     }
     return _decide(state, "slot_assigned", cmd.at, cmd.slot, evidence)
 

@@ -1,0 +1,353 @@
+"""The cluster configuration: frozen pydantic models loaded from YAML, errors naming key paths."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Hashable, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    Strict,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from agent.config_rules import (
+    MAX_PORT,
+    check_dns_name,
+    check_domain_label,
+    check_env_var_name,
+    check_host,
+    check_name,
+    check_tenant,
+    cluster_problems,
+    duplicate_problems,
+    error_lines,
+    raise_if_any,
+    tenant_problems,
+    timing_problems,
+    voter_list_problems,
+)
+
+MIN_RAFT_PASSWORD_LEN = 8
+
+Name = Annotated[str, Strict(), AfterValidator(check_name)]
+Tenant = Annotated[str, Strict(), AfterValidator(check_tenant)]
+DomainLabel = Annotated[str, Strict(), AfterValidator(check_domain_label)]
+DnsName = Annotated[str, Strict(), AfterValidator(check_dns_name)]
+Host = Annotated[str, Strict(), AfterValidator(check_host)]
+EnvVarName = Annotated[str, Strict(), AfterValidator(check_env_var_name)]
+FileName = Annotated[str, Strict(), Field(min_length=1)]
+Port = Annotated[int, Strict(), Field(ge=1, le=MAX_PORT)]
+Seconds = Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; `errors` holds one "key.path: message" line per problem."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+class _FrozenModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_FrozenModel):
+    """One machine in the cluster: where its agent, Raft node, edge and app instances listen."""
+
+    name: Name
+    host: Host
+    agent_port: Port
+    raft_port: Port
+    app_port: Port
+    edge_port: Port
+    role: Literal["active", "spare"]
+    domain: DomainLabel = "default"
+
+    @property
+    def raft_address(self) -> str:
+        return f"{self.host}:{self.raft_port}"
+
+    @property
+    def agent_url(self) -> str:
+        return f"http://{_url_host(self.host)}:{self.agent_port}"
+
+    @property
+    def edge_url(self) -> str:
+        return f"http://{_url_host(self.host)}:{self.edge_port}"
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+class SlotConfig(_FrozenModel):
+    """A group of tenants served by one app instance, owned by one active server at a time."""
+
+    name: Name
+    owner: Name
+    tenants: tuple[Tenant, ...]
+
+    @field_validator("tenants")
+    @classmethod
+    def _some_tenants(cls, tenants: tuple[str, ...]) -> tuple[str, ...]:
+        if not tenants:
+            raise ValueError("need at least one tenant")
+        return tenants
+
+
+class TimingConfig(_FrozenModel):
+    """Every duration the agent uses, in seconds."""
+
+    tick_s: Seconds = 0.25
+    probe_interval_s: Seconds = 0.5
+    probe_timeout_s: Seconds = 0.2
+    suspicion_s: Seconds = 2.0
+    lease_s: Seconds = 2.0
+    lease_renew_s: Seconds = 0.5
+    raft_election_min_s: Seconds = 0.4
+    raft_election_max_s: Seconds = 1.2
+    leader_fallback_s: Seconds = 1.0
+    app_start_timeout_s: Seconds = 15.0
+    app_health_interval_s: Seconds = 1.0
+    shutdown_timeout_s: Seconds = 10.0
+
+    @model_validator(mode="after")
+    def _invariants(self) -> TimingConfig:
+        raise_if_any(timing_problems(self))
+        return self
+
+
+class SecretsConfig(_FrozenModel):
+    """Shared secrets, each given literally, as `<name>_file` or `<name>_env`; always resolved."""
+
+    # The *_file / *_env fields come first: the resolvers of the secrets below read them.
+    raft_password_file: FileName | None = None
+    raft_password_env: EnvVarName | None = None
+    api_token_file: FileName | None = None
+    api_token_env: EnvVarName | None = None
+    raft_password: SecretStr = Field(default=None, validate_default=True)
+    api_token: SecretStr = Field(default=None, validate_default=True)
+
+    @field_validator("raft_password", "api_token", mode="before")
+    @classmethod
+    def _resolve(cls, literal: object, info: ValidationInfo) -> str:
+        name = str(info.field_name)
+        if f"{name}_file" not in info.data or f"{name}_env" not in info.data:
+            # That field's own error is already reported and the model will not be built.
+            return ""
+        value = _resolve_secret(
+            name, literal, info.data[f"{name}_file"], info.data[f"{name}_env"], info.context
+        )
+        if not value:
+            raise ValueError("is empty")
+        if name == "raft_password" and len(value) < MIN_RAFT_PASSWORD_LEN:
+            raise ValueError(
+                f"must be at least {MIN_RAFT_PASSWORD_LEN} characters long, got {len(value)}"
+            )
+        return value
+
+
+def _resolve_secret(
+    name: str, literal: object, file: str | None, env_var: str | None, context: object
+) -> str:
+    forms = ((name, literal), (f"{name}_file", file), (f"{name}_env", env_var))
+    given = [key for key, value in forms if value is not None]
+    if len(given) != 1:
+        found = f"got {', '.join(given)}" if given else "got none"
+        raise ValueError(f"give exactly one of {name}, {name}_file, {name}_env ({found})")
+    base_dir, env = _context(context)
+    if file is not None:
+        secret_path = base_dir / file
+        try:
+            return secret_path.read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ValueError(f"cannot read {name}_file {str(secret_path)!r}: {reason}") from None
+    if env_var is not None:
+        if env_var not in env:
+            raise ValueError(f"{name}_env names {env_var!r}, which is not set")
+        return env[env_var]
+    if isinstance(literal, SecretStr):
+        return literal.get_secret_value()
+    if not isinstance(literal, str):
+        raise ValueError("must be a string")
+    return literal
+
+
+def _context(context: object) -> tuple[Path, Mapping[str, str]]:
+    """The config file's directory and the environment, as given to `parse_config`."""
+    if isinstance(context, dict):
+        return Path(context["base_dir"]).absolute(), context["env"]
+    return Path.cwd(), os.environ
+
+
+class ClusterConfig(_FrozenModel):
+    """The whole cluster: servers, Raft voters, slots of tenants, secrets and timing.
+
+    Built by `load_config`/`parse_config`; constructed directly, relative paths are taken from
+    the working directory and *_env secrets from the process environment.
+    """
+
+    cluster: Name
+    base_domain: DnsName
+    data_dir: Path = Field(default=Path("var"), validate_default=True)
+    secrets: SecretsConfig
+    servers: tuple[ServerConfig, ...]
+    voters: tuple[Name, ...]
+    slots: tuple[SlotConfig, ...]
+    timing: TimingConfig = TimingConfig()
+
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _data_dir(cls, value: object, info: ValidationInfo) -> Path:
+        if not isinstance(value, str | Path) or not str(value):
+            raise ValueError("must be a non-empty path")
+        base_dir, _ = _context(info.context)
+        return (base_dir / value).resolve()
+
+    @field_validator("servers")
+    @classmethod
+    def _servers(cls, servers: tuple[ServerConfig, ...]) -> tuple[ServerConfig, ...]:
+        if not servers:
+            raise ValueError("need at least one server")
+        raise_if_any(
+            duplicate_problems([s.name for s in servers], "servers", "name", "server name")
+        )
+        return servers
+
+    @field_validator("slots")
+    @classmethod
+    def _slots(cls, slots: tuple[SlotConfig, ...]) -> tuple[SlotConfig, ...]:
+        if not slots:
+            raise ValueError("need at least one slot")
+        names = duplicate_problems([s.name for s in slots], "slots", "name", "slot name")
+        raise_if_any(names + tenant_problems(slots))
+        return slots
+
+    @field_validator("voters")
+    @classmethod
+    def _voters(cls, voters: tuple[str, ...]) -> tuple[str, ...]:
+        raise_if_any(voter_list_problems(voters))
+        return voters
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> ClusterConfig:
+        raise_if_any(cluster_problems(self))
+        return self
+
+    def server(self, name: str) -> ServerConfig:
+        """The server called `name`; KeyError if there is none."""
+        for server in self.servers:
+            if server.name == name:
+                return server
+        raise KeyError(name)
+
+    def slot(self, name: str) -> SlotConfig:
+        """The slot called `name`; KeyError if there is none."""
+        return self.slots[self.slot_index(name)]
+
+    def slot_index(self, name: str) -> int:
+        """The slot's position in `slots`; KeyError if there is none."""
+        for index, slot in enumerate(self.slots):
+            if slot.name == name:
+                return index
+        raise KeyError(name)
+
+    def app_port(self, server: str, slot: str) -> int:
+        """The port of `slot`'s app instance when it runs on `server`."""
+        return self.server(server).app_port + self.slot_index(slot)
+
+    def tenant_slots(self) -> dict[str, str]:
+        """Tenant name -> name of the slot that serves it."""
+        return {tenant: slot.name for slot in self.slots for tenant in slot.tenants}
+
+    def is_voter(self, name: str) -> bool:
+        return name in self.voters
+
+    def digest(self) -> str:
+        """sha256 of everything but secrets and data_dir: equal digests mean agents agree."""
+        shared = self.model_dump(mode="json", exclude={"secrets", "data_dir"})
+        canonical = json.dumps(shared, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- loading
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that rejects a key given twice in one mapping (merge keys aside)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        first_line: dict[Hashable, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # the base class reports unhashable keys
+            line = key_node.start_mark.line + 1
+            if key in first_line:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first given on line {first_line[key]})",
+                    key_node.start_mark,
+                )
+            first_line[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str) -> object:
+    """The YAML document in `text`; ConfigError with line and column if it is not valid YAML."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: safe
+    except yaml.MarkedYAMLError as exc:
+        raise ConfigError([_yaml_message(exc)]) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"invalid YAML: {exc}"]) from exc
+
+
+def _yaml_message(exc: yaml.MarkedYAMLError) -> str:
+    mark = exc.problem_mark or exc.context_mark
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    context = ""
+    if exc.context and exc.context_mark:
+        context = f" ({exc.context} on line {exc.context_mark.line + 1})"
+    return f"{where}{exc.problem or 'invalid YAML'}{context}"
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> ClusterConfig:
+    """Read, parse and validate a config file; ConfigError lists every problem found."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"cannot read the file: {exc.strerror or exc}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(["cannot read the file: it is not UTF-8 text"]) from exc
+    return parse_config(parse_yaml(text), path.parent, os.environ if env is None else env)
+
+
+def parse_config(data: object, base_dir: Path, env: Mapping[str, str]) -> ClusterConfig:
+    """Validate an already-parsed YAML document; relative paths are taken from `base_dir`."""
+    if not isinstance(data, Mapping):
+        got = "an empty file" if data is None else f"a {type(data).__name__}"
+        raise ConfigError([f"(top level): expected a mapping of keys, got {got}"])
+    try:
+        return ClusterConfig.model_validate(data, context={"base_dir": base_dir, "env": env})
+    except ValidationError as exc:
+        raise ConfigError(error_lines(exc)) from None

@@ -1,0 +1,102 @@
+"""Shared test support: free loopback ports, generated cluster configs, bounded waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_block(size: int) -> int:
+    """The first port of `size` consecutive free loopback ports (outside the ephemeral range)."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 32000 - size)
+        if all(_bindable(base + i) for i in range(size)):
+            return base
+    raise RuntimeError("no free block of loopback ports")
+
+
+def cluster_config(
+    data_dir: Path,
+    *,
+    actives: int = 3,
+    spares: int = 0,
+    voters: int = 3,
+    tenants_per_slot: int = 2,
+    timing: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """A valid config dict: servers a1.. (active) then p1.. (spare), one slot per active."""
+    names = [f"a{i + 1}" for i in range(actives)] + [f"p{i + 1}" for i in range(spares)]
+    per_server = 3 + actives  # agent, raft, edge, one app port per slot
+    base = free_port_block(per_server * len(names))
+    servers = []
+    for i, name in enumerate(names):
+        first = base + i * per_server
+        servers.append(
+            {
+                "name": name,
+                "host": "127.0.0.1",
+                "agent_port": first,
+                "raft_port": first + 1,
+                "edge_port": first + 2,
+                "app_port": first + 3,
+                "role": "active" if name.startswith("a") else "spare",
+                "domain": f"rack-{i % 3}",
+            }
+        )
+    slots = [
+        {
+            "name": f"s{i + 1}",
+            "owner": f"a{i + 1}",
+            "tenants": [f"t{i + 1}x{j + 1}" for j in range(tenants_per_slot)],
+        }
+        for i in range(actives)
+    ]
+    return {
+        "cluster": "test",
+        "base_domain": "localhost",
+        "data_dir": str(data_dir),
+        "secrets": {"raft_password": "test-raft-password", "api_token": "test-api-token"},
+        "servers": servers,
+        "voters": names[:voters],
+        "slots": slots,
+        "timing": {"shutdown_timeout_s": 5.0, **(timing or {})},
+    }
+
+
+def write_config(path: Path, config: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+async def wait_until(
+    predicate: Callable[[], Awaitable[Any]], timeout_s: float, interval_s: float = 0.05
+) -> Any:
+    """Poll an async predicate until it returns a truthy value; fail the test after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await predicate()
+        if last:
+            return last
+        await asyncio.sleep(interval_s)
+    raise AssertionError(f"condition not met within {timeout_s} s (last value: {last!r})")
