@@ -122,6 +122,8 @@ async def _run_up(config_path: Path, config: ClusterConfig) -> int:
         pending = await cluster.wait_ready(timeout_s=30.0)
         if pending:
             print(f"not ready after 30 s: {', '.join(pending)} (see {cluster.log_dir})")
+        elif not await cluster.wait_serving(timeout_s=30.0):
+            print(f"some slots are not serving after 30 s (see {cluster.log_dir})")
         _show_status(config)
         await _watch(cluster, stopping)
     finally:

@@ -151,6 +151,20 @@ class LocalCluster:
                 await self.clock.sleep(0.1)
         return pending
 
+    async def wait_serving(self, timeout_s: float) -> bool:
+        """Wait until some agent reports every slot serving; False on timeout."""
+        deadline = self.clock.monotonic() + timeout_s
+        while self.clock.monotonic() < deadline:
+            for name in self.alive():
+                answer = await self.get_json(name, "/v1/status")
+                slots = answer[1].get("slots") if answer else None
+                if isinstance(slots, list) and slots:
+                    if all(isinstance(s, dict) and s.get("state") == "serving" for s in slots):
+                        return True
+                    break
+            await self.clock.sleep(0.1)
+        return False
+
     def write_manifest(self, path: Path) -> None:
         """Who runs where, for scripts: pids, process groups, URLs and log files."""
         manifest = {
