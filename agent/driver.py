@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Mapping
@@ -173,4 +174,5 @@ def _app_arguments(spec: InstanceSpec) -> list[str]:
     ]
     for tenant in spec.tenants:
         args += ["--tenant", tenant]
+    args += ["--parent-pid", str(os.getpid())]
     return args

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from app.clock import pause
 from app.service import build_app
 from app.settings import INSTANCE_NAME, TENANT_LABEL, AppSettings
 
@@ -25,6 +26,7 @@ EXIT_BIND_FAILED = 3
 
 # Bound on graceful shutdown: in-flight requests get this long before connections are dropped.
 SHUTDOWN_TIMEOUT_S = 5.0
+PARENT_CHECK_S = 0.5
 
 
 def _instance_name(text: str) -> str:
@@ -40,6 +42,16 @@ def _epoch(text: str) -> int:
         raise argparse.ArgumentTypeError(f"invalid epoch {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"epoch must be >= 0, got {value}")
+    return value
+
+
+def _pid(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid process id {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"process id must be >= 1, got {value}")
     return value
 
 
@@ -84,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     arg("--base-domain", default="localhost", type=_domain, help="tenants are <tenant>.<this>")
     arg("--tenant", required=True, action="append", type=_tenant, help="repeat for each tenant")
     arg("--data-dir", required=True, type=_directory, help="slot directory, created 0o700")
+    arg("--parent-pid", type=_pid, help="stop serving when this supervising process is gone")
     return parser
 
 
@@ -104,6 +117,7 @@ def parse_settings(argv: Sequence[str]) -> AppSettings:
         base_domain=ns.base_domain,
         tenants=tuple(tenants),
         data_dir=ns.data_dir,
+        parent_pid=ns.parent_pid,
     )
 
 
@@ -113,6 +127,17 @@ def _log(event: str, **fields: object) -> None:
 
 def _fail(message: str) -> None:
     print(f"app: {message}", file=sys.stderr, flush=True)
+
+
+async def _watch_parent(parent_pid: int, stop: asyncio.Event) -> None:
+    """Stop serving when the agent that started us is gone (we were re-parented): an orphaned
+    instance must never keep serving a slot the cluster may already have given to another."""
+    while not stop.is_set():
+        if os.getppid() != parent_pid:
+            _log("app_orphaned", parent_pid=parent_pid)
+            stop.set()
+            return
+        await pause(PARENT_CHECK_S)
 
 
 async def serve(settings: AppSettings) -> int:
@@ -132,7 +157,10 @@ async def serve(settings: AppSettings) -> int:
             _fail(f"cannot listen on {settings.host}:{settings.port}: {reason}")
             return EXIT_BIND_FAILED
         _log("app_started", slot=settings.slot, port=settings.port, pid=os.getpid())
+        parent_pid = settings.parent_pid if settings.parent_pid is not None else os.getppid()
+        watcher = asyncio.create_task(_watch_parent(parent_pid, stop))
         await stop.wait()
+        watcher.cancel()
         return EXIT_OK
     finally:
         await runner.cleanup()

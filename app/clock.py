@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Protocol
 
@@ -20,3 +21,8 @@ class SystemClock:
     def wall_now(self) -> float:
         """Return ``time.time()``."""
         return time.time()
+
+
+async def pause(seconds: float) -> None:
+    """Sleep in the event loop (the app's only sleep)."""
+    await asyncio.sleep(seconds)

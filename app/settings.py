@@ -24,3 +24,5 @@ class AppSettings:
     base_domain: str
     tenants: tuple[str, ...]
     data_dir: Path
+    # The agent that supervises this instance; when it is gone, the instance stops serving.
+    parent_pid: int | None = None
