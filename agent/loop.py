@@ -79,12 +79,13 @@ class DecisionLoop:
         tick_s = self._config.timing.tick_s
         while not stopping.is_set():
             started = self._clock.monotonic()
+            seen = self._consensus.snapshot().version
             try:
                 await self.tick()
             except Exception:  # noqa: BLE001  # one bad tick must not end the loop; next one retries
                 _log.exception("tick_failed")
             self._metrics.ticks.observe(self._clock.monotonic() - started)
-            await self._consensus.wait_changed(tick_s)
+            await self._consensus.wait_changed(seen, tick_s)
 
     async def tick(self) -> TickReport:
         await self._driver.probe()

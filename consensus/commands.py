@@ -165,8 +165,14 @@ def encode_command(command: Command) -> str:
 
 def decode_command(payload: str | bytes) -> Command:
     """Parse a payload strictly: unknown kinds, missing or extra fields are errors."""
-    if len(payload) > MAX_COMMAND_BYTES:
-        raise CommandDecodeError(f"command of {len(payload)} bytes exceeds {MAX_COMMAND_BYTES}")
+    if isinstance(payload, str):
+        try:
+            payload = payload.encode()
+        except UnicodeEncodeError as exc:
+            raise CommandDecodeError(f"malformed command: not valid text: {exc.reason}") from exc
+    size = len(payload)
+    if size > MAX_COMMAND_BYTES:
+        raise CommandDecodeError(f"command of {size} bytes exceeds {MAX_COMMAND_BYTES}")
     try:
         return _COMMAND_ADAPTER.validate_json(payload, strict=True)
     except ValidationError as exc:

@@ -37,10 +37,11 @@ class CommandRejected(Exception):
     identical earlier command: the submitter's view is old, not wrong.
     """
 
-    def __init__(self, reason: str, *, stale: bool = False) -> None:
+    def __init__(self, reason: str, *, stale: bool = False, duplicate: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
-        self.stale = stale
+        self.stale = stale or duplicate
+        self.duplicate = duplicate
 
 
 def apply(state: ClusterState, command: Command) -> ClusterState:
@@ -48,7 +49,7 @@ def apply(state: ClusterState, command: Command) -> ClusterState:
     if command.version != COMMAND_VERSION:
         raise CommandRejected(f"{command.kind}: unsupported command version {command.version}")
     if command.id in state.recent_commands:
-        raise CommandRejected(f"{command.kind}: duplicate command {command.id}", stale=True)
+        raise CommandRejected(f"{command.kind}: duplicate command {command.id}", duplicate=True)
     if not state.bootstrapped and not isinstance(command, Bootstrap):
         raise CommandRejected(f"{command.kind}: the cluster is not bootstrapped yet")
     handler = _HANDLERS[type(command)]
@@ -65,6 +66,14 @@ def _bootstrap(state: ClusterState, cmd: Bootstrap) -> ClusterState:
     names = [s.name for s in cmd.servers]
     if len(set(names)) != len(names) or not names:
         raise CommandRejected("bootstrap: server names must be unique and non-empty")
+    slot_names = [s.name for s in cmd.slots]
+    if len(set(slot_names)) != len(slot_names):
+        raise CommandRejected("bootstrap: slot names must be unique")
+    tenants = [t for s in cmd.slots for t in s.tenants]
+    if len(set(tenants)) != len(tenants):
+        raise CommandRejected("bootstrap: a tenant belongs to exactly one slot")
+    if not cmd.lease_s > 0:
+        raise CommandRejected(f"bootstrap: lease_s must be positive, got {cmd.lease_s}")
     roles = {s.name: s.role for s in cmd.servers}
     for slot in cmd.slots:
         if roles.get(slot.owner) != "active":
@@ -240,4 +249,6 @@ def apply_payload(state: ClusterState, payload: str) -> tuple[ClusterState, Subm
     except CommandDecodeError as exc:
         return state, SubmitResult("rejected", str(exc))
     except CommandRejected as exc:
+        if exc.duplicate:  # a retry of a command that did commit: the caller's intent holds
+            return state, SubmitResult("committed", "already committed")
         return state, SubmitResult("rejected", exc.reason, stale=exc.stale)

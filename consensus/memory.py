@@ -68,6 +68,7 @@ class MemoryConsensus:
         self._applied = 0
         self._results: dict[int, SubmitResult] = {}
         self._changed = asyncio.Event()
+        self._version = 0
         self._running = False
         log.nodes.append(self)
 
@@ -85,6 +86,7 @@ class MemoryConsensus:
             self._state, result = apply_payload(self._state, self._log.entries[self._applied])
             self._applied += 1
             self._results[self._applied] = result
+        self._version += 1
         self._changed.set()
 
     def snapshot(self) -> Snapshot:
@@ -100,12 +102,16 @@ class MemoryConsensus:
             last_applied=self._applied,
             ready=connected and leader is not None,
         )
-        return Snapshot(state=self._state, raft=raft)
+        return Snapshot(state=self._state, raft=raft, version=self._version)
 
-    async def wait_changed(self, timeout_s: float) -> bool:
-        self._changed.clear()
+    async def wait_changed(self, since: int, timeout_s: float) -> bool:
         try:
-            await asyncio.wait_for(self._changed.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                while self._version <= since:
+                    self._changed.clear()
+                    if self._version > since:
+                        break
+                    await self._changed.wait()
         except TimeoutError:
             return False
         return True

@@ -37,6 +37,8 @@ class Snapshot:
 
     state: ClusterState
     raft: RaftStatus
+    # Grows by one with every published change; compare it to wait for the next one.
+    version: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +73,9 @@ class Consensus(Protocol):
     def snapshot(self) -> Snapshot:
         """The latest committed state and Raft view; never blocks, never raises."""
 
-    async def wait_changed(self, timeout_s: float) -> bool:
-        """Wait until the committed state or the Raft view changes; False on timeout."""
+    async def wait_changed(self, since: int, timeout_s: float) -> bool:
+        """Wait until the snapshot version is newer than `since` (at once if it already is);
+        False on timeout."""
 
     async def submit(self, command: Command, timeout_s: float) -> SubmitResult:
         """Commit `command` through the current leader, retrying leader changes until

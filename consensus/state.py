@@ -7,11 +7,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 STATE_SCHEMA: Final = 1
 MAX_DECISIONS: Final = 1000
 MAX_REMEMBERED_COMMANDS: Final = 512
+
+# A snapshot from a newer agent with fields we do not know must not load as if complete.
+_STRICT: Final = ConfigDict(extra="forbid")
 
 Role = Literal["active", "spare"]
 ServerState = Literal["new", "up", "failed", "quarantined"]
@@ -21,6 +24,8 @@ SlotState = Literal["unassigned", "assigned", "serving", "released"]
 @dataclass(frozen=True, slots=True)
 class ServerRecord:
     """One server as the cluster agrees it is."""
+
+    __pydantic_config__ = _STRICT
 
     name: str
     role: Role
@@ -38,6 +43,8 @@ class SlotRecord:
     the lease duration (`lease_s`) on its own monotonic clock from the renewal it knows of.
     """
 
+    __pydantic_config__ = _STRICT
+
     name: str
     tenants: tuple[str, ...]
     owner: str | None = None
@@ -52,6 +59,8 @@ class SlotRecord:
 class Decision:
     """A committed decision with the evidence it was taken on."""
 
+    __pydantic_config__ = _STRICT
+
     id: str
     kind: str
     at: float
@@ -62,6 +71,8 @@ class Decision:
 @dataclass(frozen=True, slots=True)
 class ClusterState:
     """Everything the cluster agrees on. Small by design: it is pickled into Raft snapshots."""
+
+    __pydantic_config__ = _STRICT
 
     schema: int = STATE_SCHEMA
     cluster: str | None = None
@@ -108,6 +119,9 @@ def encode_state(state: ClusterState) -> str:
 
 def decode_state(text: str | bytes) -> ClusterState:
     try:
-        return _STATE_ADAPTER.validate_json(text)
+        state = _STATE_ADAPTER.validate_json(text)
     except ValidationError as exc:
         raise StateDecodeError(f"cannot decode cluster state: {exc.error_count()} errors") from exc
+    if state.schema != STATE_SCHEMA:
+        raise StateDecodeError(f"state schema {state.schema} is not {STATE_SCHEMA}")
+    return state

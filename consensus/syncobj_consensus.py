@@ -165,10 +165,14 @@ class SyncObjConsensus:
     def snapshot(self) -> Snapshot:
         return self._snapshot
 
-    async def wait_changed(self, timeout_s: float) -> bool:
-        self._changed.clear()
+    async def wait_changed(self, since: int, timeout_s: float) -> bool:
         try:
-            await asyncio.wait_for(self._changed.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                while self._snapshot.version <= since:
+                    self._changed.clear()
+                    if self._snapshot.version > since:
+                        break
+                    await self._changed.wait()
         except TimeoutError:
             return False
         return True
@@ -233,7 +237,7 @@ class SyncObjConsensus:
         if status == self._snapshot.raft and not self._dirty:
             return
         self._dirty = False
-        self._snapshot = Snapshot(replica.state, status)
+        self._snapshot = Snapshot(replica.state, status, self._snapshot.version + 1)
         loop = self._loop
         if loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop closed between check and call
