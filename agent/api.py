@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hmac
 import json
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +16,7 @@ from agent.clock import Clock
 from agent.loop import DecisionLoop
 from agent.metrics import AgentMetrics
 from agent.status import decision_document, decisions_document, status_document
+from consensus.commands import ReturnServer
 from consensus.protocol import Consensus
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -30,6 +33,8 @@ class ApiContext:
     metrics: AgentMetrics
     # /healthz fails when the decision loop has not completed a tick for this long.
     stall_after_s: float
+    # Bearer token for operator calls.
+    api_token: str = ""
 
 
 def build_api(ctx: ApiContext) -> web.Application:
@@ -41,6 +46,7 @@ def build_api(ctx: ApiContext) -> web.Application:
     app.router.add_get("/v1/status", api.status)
     app.router.add_get("/v1/decisions", api.decisions)
     app.router.add_get("/v1/decisions/{id}", api.decision)
+    app.router.add_post("/v1/servers/{name}/return", api.return_server)
     return app
 
 
@@ -99,3 +105,54 @@ class _Api:
         if decision is None:
             return _json({"error": f"no decision {decision_id[:64]!r}", "status": 404}, 404)
         return _json(decision_document(decision))
+
+    async def return_server(self, request: web.Request) -> web.Response:
+        """Operator: put a failed or quarantined server back into the spare pool."""
+        denied = _authorize(request, self._ctx.api_token)
+        if denied is not None:
+            return denied
+        name = request.match_info["name"]
+        if self._ctx.consensus.snapshot().state.server(name) is None:
+            return _json({"error": f"no server {name[:64]!r}", "status": 404}, 404)
+        reason = await _reason(request)
+        if isinstance(reason, web.Response):
+            return reason
+        command = ReturnServer(
+            id=f"return:{name}:{uuid.uuid4().hex}",
+            at=self._ctx.clock.wall(),
+            server=name,
+            reason=reason,
+        )
+        result = await self._ctx.consensus.submit(command, timeout_s=5.0)
+        if result.status == "failed":
+            return _json({"error": result.reason, "status": 503}, 503)
+        if not result.ok:
+            return _json({"error": result.reason, "status": 409}, 409)
+        return _json({"ok": True, "server": name, "reason": reason})
+
+
+def _authorize(request: web.Request, token: str) -> web.Response | None:
+    """None when the request carries the operator token; the 401 answer otherwise."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    if token and scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token):
+        return None
+    response = _json({"error": "operator token required", "status": 401}, 401)
+    response.headers["WWW-Authenticate"] = 'Bearer realm="moonwatch"'
+    return response
+
+
+async def _reason(request: web.Request) -> str | web.Response:
+    """The operator's reason from an optional JSON body {"reason": "..."}."""
+    if not request.body_exists:
+        return "operator request"
+    try:
+        body = await request.json()
+    except ValueError:
+        return _json({"error": "body must be JSON", "status": 400}, 400)
+    reason = body.get("reason") if isinstance(body, dict) else None
+    if reason is None:
+        return "operator request"
+    if not isinstance(reason, str) or len(reason) > 500:
+        return _json({"error": "reason must be a string of at most 500 characters"}, 400)
+    return reason

@@ -14,7 +14,7 @@ from agent.configcheck import check_config_main
 from agent.daemon import EXIT_USAGE, Agent, install_signal_handlers
 from agent.launcher import LocalCluster, ports_in_use
 from agent.logs import configure_logging
-from agent.statusview import StatusUnavailable, fetch_status, render_status
+from agent.statusview import StatusUnavailable, fetch_status, operator_call, render_status
 from agent.wiring import build_agent
 
 DEFAULT_CONFIG = "cluster.yml"
@@ -39,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--config", default=DEFAULT_CONFIG, help="find agents from this config")
     status.add_argument("--json", action="store_true", help="print the raw /v1/status JSON")
 
+    back = sub.add_parser("return", help="put a failed or quarantined server back as a spare")
+    back.add_argument("server")
+    back.add_argument("--config", default=DEFAULT_CONFIG, help="agents and the operator token")
+    back.add_argument("--url", action="append", help="an agent's URL (repeatable)")
+    back.add_argument("--reason", default="returned by an operator")
+
     check = sub.add_parser("check-config", help="validate a cluster config file")
     check.add_argument("file")
     return parser
@@ -50,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         return check_config_main(args.file, sys.stdout, sys.stderr)
     if args.command == "status":
         return _status(args.url, args.config, args.json)
+    if args.command == "return":
+        return _return(args.server, args.config, args.url, args.reason)
     config = _load(args.config)
     if config is None:
         return EXIT_USAGE
@@ -97,6 +105,24 @@ def _status(urls: list[str] | None, config_path: str, as_json: bool) -> int:
         print(f"moonwatch status: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(doc, indent=2) if as_json else render_status(source, doc))
+    return 0
+
+
+def _return(server: str, config_path: str, urls: list[str] | None, reason: str) -> int:
+    config = _load(config_path)
+    if config is None:
+        return EXIT_USAGE
+    token = config.secrets.api_token.get_secret_value()
+    targets = urls or [s.agent_url for s in config.servers]
+    try:
+        status, body = operator_call(targets, f"/v1/servers/{server}/return", token, reason)
+    except StatusUnavailable as exc:
+        print(f"moonwatch return: {exc}", file=sys.stderr)
+        return 1
+    if status != 200:
+        print(f"moonwatch return: {body.get('error', body)} (HTTP {status})", file=sys.stderr)
+        return 1
+    print(f"{server} is back in the spare pool ({reason})")
     return 0
 
 

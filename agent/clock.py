@@ -9,7 +9,8 @@ from typing import Protocol
 
 class Clock(Protocol):
     def monotonic(self) -> float:
-        """Seconds on a clock that never goes backwards; only differences mean anything."""
+        """Seconds on a clock that never goes backwards; only differences mean anything. It is
+        shared with the app instances on this machine: lease deadlines are instants on it."""
 
     def wall(self) -> float:
         """Seconds since the epoch (UTC), for timestamps people read; may jump."""
@@ -19,10 +20,11 @@ class Clock(Protocol):
 
 
 class SystemClock:
-    """Real time."""
+    """Real time. `monotonic` is CLOCK_BOOTTIME: monotonic like CLOCK_MONOTONIC, but it also
+    counts time the machine spent suspended, so a lease never outlives a suspend."""
 
     def monotonic(self) -> float:
-        return time.monotonic()
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
 
     def wall(self) -> float:
         return time.time()

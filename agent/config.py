@@ -112,23 +112,37 @@ class SlotConfig(_FrozenModel):
 class TimingConfig(_FrozenModel):
     """Every duration the agent uses, in seconds."""
 
-    tick_s: Seconds = 0.25
-    probe_interval_s: Seconds = 0.5
-    probe_timeout_s: Seconds = 0.2
-    suspicion_s: Seconds = 2.0
+    tick_s: Seconds = 0.1
+    probe_interval_s: Seconds = 0.2
+    probe_timeout_s: Seconds = 0.1
+    suspicion_s: Seconds = 0.8
+    suspicion_max_s: Seconds = 2.4
+    suspicion_expire_s: Seconds = 10.0
     lease_s: Seconds = 2.0
-    lease_renew_s: Seconds = 0.5
+    lease_renew_s: Seconds = 0.4
+    lease_margin_s: Seconds = 0.25
     raft_election_min_s: Seconds = 0.4
     raft_election_max_s: Seconds = 1.2
     leader_fallback_s: Seconds = 1.0
     app_start_timeout_s: Seconds = 15.0
-    app_health_interval_s: Seconds = 1.0
+    app_health_interval_s: Seconds = 0.5
     shutdown_timeout_s: Seconds = 10.0
+    # Bound on any server clock's rate error (0.01 = 1 %); leases are stretched by it.
+    clock_drift: float = Field(default=0.01, ge=0.0, le=0.1)
 
     @model_validator(mode="after")
     def _invariants(self) -> TimingConfig:
         raise_if_any(timing_problems(self))
         return self
+
+
+class DetectionConfig(_FrozenModel):
+    """How servers watch each other and how much agreement a verdict needs."""
+
+    # A verdict needs at least this many distinct observers (and a majority of those eligible).
+    min_observers: int = Field(default=2, ge=2, le=50)
+    # Helpers asked to probe a server that missed our direct probe.
+    indirect_probes: int = Field(default=3, ge=0, le=10)
 
 
 class SecretsConfig(_FrozenModel):
@@ -210,6 +224,7 @@ class ClusterConfig(_FrozenModel):
     voters: tuple[Name, ...]
     slots: tuple[SlotConfig, ...]
     timing: TimingConfig = TimingConfig()
+    detection: DetectionConfig = DetectionConfig()
 
     @field_validator("data_dir", mode="before")
     @classmethod

@@ -192,6 +192,17 @@ def timing_problems(t: TimingConfig) -> list[Problem]:
             f"must be less than suspicion_s ({t.suspicion_s})",
         ),
         (
+            "suspicion_max_s",
+            t.suspicion_s <= t.suspicion_max_s < t.suspicion_expire_s,
+            f"must be between suspicion_s ({t.suspicion_s}) and suspicion_expire_s "
+            f"({t.suspicion_expire_s})",
+        ),
+        (
+            "lease_margin_s",
+            t.lease_margin_s < t.lease_s,
+            f"must be less than lease_s ({t.lease_s})",
+        ),
+        (
             "lease_renew_s",
             t.lease_renew_s * 2 <= t.lease_s,
             f"must be at most half of lease_s ({t.lease_s})",

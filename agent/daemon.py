@@ -6,9 +6,10 @@ import asyncio
 import contextlib
 import os
 import signal
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import structlog
 from aiohttp import web
@@ -42,6 +43,10 @@ class AgentParts:
     edge: web.Application
     clock: Clock
     shutdown_timeout_s: float
+    # Other loops that run beside the decision loop (lease renewal, failure detection).
+    background: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = field(
+        default_factory=list
+    )
 
 
 class StartupError(Exception):
@@ -55,6 +60,7 @@ class Agent:
         self._p = parts
         self._runners: list[web.AppRunner] = []
         self._loop_task: asyncio.Task[None] | None = None
+        self._background: list[asyncio.Task[None]] = []
         self._loop_stopping = asyncio.Event()
 
     async def serve(self, stopping: asyncio.Event) -> int:
@@ -68,12 +74,12 @@ class Agent:
         _log.info("agent_started", pid=os.getpid(), agent_port=self._p.agent_port)
         assert self._loop_task is not None
         stop_waiter = asyncio.ensure_future(stopping.wait())
-        done, _ = await asyncio.wait(
-            {stop_waiter, self._loop_task}, return_when=asyncio.FIRST_COMPLETED
-        )
+        loops = {self._loop_task, *self._background}
+        done, _ = await asyncio.wait({stop_waiter, *loops}, return_when=asyncio.FIRST_COMPLETED)
         code = EXIT_OK
-        if self._loop_task in done:
-            _log.error("decision_loop_ended", error=repr(self._loop_task.exception()))
+        for task in done & loops:
+            error = task.exception() if not task.cancelled() else None
+            _log.error("agent_loop_ended", loop=task.get_name(), error=repr(error))
             code = EXIT_CRASHED
         stop_waiter.cancel()
         await self._shutdown()
@@ -88,6 +94,10 @@ class Agent:
         except ConsensusError as exc:
             raise StartupError(str(exc), EXIT_CONSENSUS) from exc
         self._loop_task = asyncio.create_task(p.loop.run(self._loop_stopping), name="decision")
+        self._background = [
+            asyncio.create_task(run(self._loop_stopping), name=getattr(run, "__qualname__", "task"))
+            for run in p.background
+        ]
 
     async def _listen(self, app: web.Application, host: str, port: int, what: str) -> None:
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
@@ -104,8 +114,8 @@ class Agent:
         p = self._p
         deadline = p.clock.monotonic() + p.shutdown_timeout_s
         self._loop_stopping.set()
-        if self._loop_task is not None:
-            await _bounded(self._loop_task, max(0.1, min(2.0, deadline - p.clock.monotonic())))
+        for task in [t for t in (self._loop_task, *self._background) if t is not None]:
+            await _bounded(task, max(0.1, min(2.0, deadline - p.clock.monotonic())))
         await _bounded(p.driver.close(timeout_s=3.0), max(0.1, deadline - p.clock.monotonic()))
         for runner in reversed(self._runners):
             await _bounded(runner.cleanup(), max(0.1, min(2.0, deadline - p.clock.monotonic())))
@@ -129,6 +139,12 @@ def next_incarnation(path: Path) -> int:
     with contextlib.suppress(FileNotFoundError, ValueError):
         previous = int(path.read_text().strip())
     incarnation = previous + 1
+    store_incarnation(path, incarnation)
+    return incarnation
+
+
+def store_incarnation(path: Path, incarnation: int) -> None:
+    """Durably replace the stored incarnation (write, fsync, rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     with tmp.open("w") as f:
@@ -136,7 +152,6 @@ def next_incarnation(path: Path) -> int:
         f.flush()
         os.fsync(f.fileno())
     tmp.replace(path)
-    return incarnation
 
 
 def install_signal_handlers(stopping: asyncio.Event) -> None:

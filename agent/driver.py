@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -32,6 +32,7 @@ class InstanceSpec:
     base_domain: str
     tenants: tuple[str, ...]
     data_dir: Path
+    overlap_log: Path | None = None
 
     @property
     def address(self) -> str:
@@ -46,21 +47,43 @@ class InstanceStatus:
     pid: int | None
     running: bool
     healthy: bool
+    serving: bool = False
+    gave_up: bool = False
+    restarts: int = 0
     exit_code: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RestartPolicy:
+    """Local healing: restart a crashed or hung instance with backoff, a bounded number of
+    times per window; after that the slot is given up for the cluster to replace."""
+
+    max_restarts: int = 3
+    window_s: float = 60.0
+    first_backoff_s: float = 0.5
+    hung_after_failures: int = 5
+    start_grace_s: float = 15.0
+    health_interval_s: float = 0.5
 
 
 class ServerDriver(Protocol):
     """Runs app instances. Every method is idempotent and bounded in time."""
 
     async def ensure_running(self, spec: InstanceSpec) -> None:
-        """Start `spec` unless the same slot and epoch already runs; an instance of another
-        epoch of the same slot is stopped first. Returns once spawned, not once healthy."""
+        """Start `spec` unless the same slot and epoch already runs (or waits out a restart
+        backoff, or gave up); another epoch of the same slot is stopped first. Returns once
+        spawned, not once healthy."""
 
     async def stop(self, slot: str, timeout_s: float) -> None:
         """Stop the slot's instance: SIGTERM, then SIGKILL after `timeout_s`. No-op if absent."""
 
+    def grant_lease(self, slot: str, epoch: int, until: float) -> None:
+        """Let the slot's instance serve until `until` (an instant of Clock.monotonic). Ignored
+        for an absent instance or another epoch; never blocks."""
+
     async def probe(self) -> None:
-        """Refresh health of every instance (HTTP /healthz that names the right slot and epoch)."""
+        """Refresh health (HTTP /healthz naming the right slot and epoch), notice crashes and
+        hangs, restart within the policy."""
 
     def instances(self) -> Mapping[str, InstanceStatus]:
         """The latest known status per slot."""
@@ -69,77 +92,138 @@ class ServerDriver(Protocol):
         """Stop every instance."""
 
 
+@dataclass
+class _Running:
+    spec: InstanceSpec
+    proc: asyncio.subprocess.Process | None
+    started_at: float
+    healthy: bool = False
+    failures: int = 0
+    next_probe: float = 0.0
+    lease_until: float = 0.0
+    crashes: list[float] = field(default_factory=list)
+    restart_after: float = 0.0
+    gave_up: bool = False
+    exit_code: int | None = None
+
+
 class ProcessDriver:
     """App instances as child processes in the agent's own process group, so that killing the
-    group (a server failure) kills them too."""
+    group (a server failure) kills them too. Each instance is told its lease on stdin and
+    refuses to serve past it."""
 
-    def __init__(self, clock: Clock, *, health_timeout_s: float = 1.0) -> None:
+    def __init__(self, clock: Clock, policy: RestartPolicy | None = None) -> None:
         self._clock = clock
-        self._health_timeout_s = health_timeout_s
-        self._specs: dict[str, InstanceSpec] = {}
-        self._procs: dict[str, asyncio.subprocess.Process] = {}
-        self._status: dict[str, InstanceStatus] = {}
+        self._policy = policy or RestartPolicy()
+        self._slots: dict[str, _Running] = {}
         self._session: aiohttp.ClientSession | None = None
 
     async def ensure_running(self, spec: InstanceSpec) -> None:
-        current = self._specs.get(spec.slot)
-        proc = self._procs.get(spec.slot)
-        if current == spec and proc is not None and proc.returncode is None:
-            return
-        if proc is not None:
+        current = self._slots.get(spec.slot)
+        if current is not None and current.spec != spec:
             await self.stop(spec.slot, timeout_s=5.0)
+            current = None
+        if current is None:
+            current = self._slots[spec.slot] = _Running(spec, None, self._clock.monotonic())
+        if current.proc is not None and current.proc.returncode is None:
+            return
+        if current.gave_up or self._clock.monotonic() < current.restart_after:
+            return
+        await self._spawn(current)
+
+    async def _spawn(self, run: _Running) -> None:
+        spec = run.spec
         spec.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if spec.overlap_log is not None:
+            spec.overlap_log.parent.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", "app", *_app_arguments(spec)]
-        proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL)
-        self._specs[spec.slot] = spec
-        self._procs[spec.slot] = proc
-        self._status[spec.slot] = InstanceStatus(
-            spec.slot, spec.epoch, spec.address, proc.pid, running=True, healthy=False
-        )
-        _log.info("instance_started", slot=spec.slot, epoch=spec.epoch, pid=proc.pid)
+        run.proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.PIPE)
+        run.started_at = self._clock.monotonic()
+        run.healthy, run.failures, run.next_probe, run.lease_until = False, 0, 0.0, 0.0
+        _log.info("instance_started", slot=spec.slot, epoch=spec.epoch, pid=run.proc.pid)
 
     async def stop(self, slot: str, timeout_s: float) -> None:
-        proc = self._procs.pop(slot, None)
-        self._specs.pop(slot, None)
-        self._status.pop(slot, None)
-        if proc is None or proc.returncode is not None:
+        run = self._slots.pop(slot, None)
+        if run is None or run.proc is None or run.proc.returncode is not None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
+        await _terminate(run.proc, timeout_s)
+        _log.info("instance_stopped", slot=slot, pid=run.proc.pid, exit_code=run.proc.returncode)
+
+    def grant_lease(self, slot: str, epoch: int, until: float) -> None:
+        run = self._slots.get(slot)
+        if run is None or run.spec.epoch != epoch or run.proc is None or run.proc.stdin is None:
+            return
+        if run.proc.returncode is not None or until <= run.lease_until:
+            return
         try:
-            await asyncio.wait_for(proc.wait(), timeout_s)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-        _log.info("instance_stopped", slot=slot, pid=proc.pid, exit_code=proc.returncode)
+            run.proc.stdin.write(f"lease {until:.6f}\n".encode())
+        except (BrokenPipeError, ConnectionResetError, RuntimeError):
+            return
+        run.lease_until = until
 
     async def probe(self) -> None:
-        for slot, spec in list(self._specs.items()):
-            proc = self._procs[slot]
-            if proc.returncode is not None:
-                self._status[slot] = replace(
-                    self._status[slot], running=False, healthy=False, exit_code=proc.returncode
-                )
+        now = self._clock.monotonic()
+        for run in list(self._slots.values()):
+            if run.proc is None:
                 continue
-            healthy = await self._healthy(spec)
-            if slot in self._status:
-                self._status[slot] = replace(self._status[slot], healthy=healthy)
+            if run.proc.returncode is not None:
+                self._crashed(run, now, f"exited with {run.proc.returncode}")
+            elif now >= run.next_probe:
+                await self._check(run, now)
+
+    async def _check(self, run: _Running, now: float) -> None:
+        healthy = await self._healthy(run.spec)
+        run.healthy = healthy
+        run.failures = 0 if healthy else run.failures + 1
+        interval = self._policy.health_interval_s
+        run.next_probe = now + (interval if healthy else interval / 5)
+        in_grace = now - run.started_at < self._policy.start_grace_s
+        hung = run.failures >= self._policy.hung_after_failures and not in_grace
+        if hung and run.proc is not None:
+            _log.warning("instance_hung", slot=run.spec.slot, failures=run.failures)
+            await _terminate(run.proc, 0.0)
+            self._crashed(run, now, "hung")
+
+    def _crashed(self, run: _Running, now: float, why: str) -> None:
+        assert run.proc is not None
+        run.exit_code = run.proc.returncode
+        run.proc, run.healthy, run.lease_until = None, False, 0.0
+        run.crashes = [t for t in run.crashes if now - t < self._policy.window_s] + [now]
+        if len(run.crashes) > self._policy.max_restarts:
+            run.gave_up = True
+            _log.error("instance_gave_up", slot=run.spec.slot, crashes=len(run.crashes), why=why)
+            return
+        backoff = self._policy.first_backoff_s * 2 ** (len(run.crashes) - 1)
+        run.restart_after = now + backoff
+        _log.warning("instance_crashed", slot=run.spec.slot, why=why, restart_in_s=backoff)
 
     def instances(self) -> Mapping[str, InstanceStatus]:
-        return dict(self._status)
+        now = self._clock.monotonic()
+        return {
+            slot: InstanceStatus(
+                slot=slot,
+                epoch=run.spec.epoch,
+                address=run.spec.address,
+                pid=run.proc.pid if run.proc else None,
+                running=run.proc is not None and run.proc.returncode is None,
+                healthy=run.healthy,
+                serving=run.healthy and run.lease_until > now,
+                gave_up=run.gave_up,
+                restarts=len(run.crashes),
+                exit_code=run.exit_code,
+            )
+            for slot, run in self._slots.items()
+        }
 
     async def close(self, timeout_s: float) -> None:
-        await asyncio.gather(*(self.stop(slot, timeout_s) for slot in list(self._procs)))
+        await asyncio.gather(*(self.stop(slot, timeout_s) for slot in list(self._slots)))
         if self._session is not None:
             await self._session.close()
             self._session = None
 
     async def _healthy(self, spec: InstanceSpec) -> bool:
         if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self._health_timeout_s)
-            )
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0))
         try:
             async with self._session.get(f"http://{spec.address}/healthz") as resp:
                 if resp.status != 200:
@@ -155,24 +239,27 @@ class ProcessDriver:
         )
 
 
+async def _terminate(proc: asyncio.subprocess.Process, timeout_s: float) -> None:
+    """SIGTERM, then SIGKILL once `timeout_s` has passed (at once for 0)."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM if timeout_s > 0 else signal.SIGKILL)
+    try:
+        await asyncio.wait_for(proc.wait(), timeout_s if timeout_s > 0 else 5.0)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+
+
 def _app_arguments(spec: InstanceSpec) -> list[str]:
     args = [
-        "--slot",
-        spec.slot,
-        "--server",
-        spec.server,
-        "--epoch",
-        str(spec.epoch),
-        "--host",
-        spec.host,
-        "--port",
-        str(spec.port),
-        "--base-domain",
-        spec.base_domain,
-        "--data-dir",
-        str(spec.data_dir),
-    ]
+        "--slot", spec.slot, "--server", spec.server, "--epoch", str(spec.epoch),
+        "--host", spec.host, "--port", str(spec.port), "--base-domain", spec.base_domain,
+        "--data-dir", str(spec.data_dir), "--control", "stdin",
+        "--parent-pid", str(os.getpid()),
+    ]  # fmt: skip
+    if spec.overlap_log is not None:
+        args += ["--overlap-log", str(spec.overlap_log)]
     for tenant in spec.tenants:
         args += ["--tenant", tenant]
-    args += ["--parent-pid", str(os.getpid())]
     return args

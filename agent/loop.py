@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 
 from agent.clock import Clock
 from agent.config import ClusterConfig
 from agent.driver import InstanceSpec, ServerDriver
+from agent.leadership import LeaderClock, plan_leader
+from agent.lease import LeaseKeeper
 from agent.metrics import AgentMetrics
-from consensus.commands import Bootstrap, ServerSpec, SlotSpec
-from consensus.protocol import Consensus
+from consensus.commands import Bootstrap, Command, ServerSpec, SlotSpec
+from consensus.protocol import Consensus, Snapshot
 from healer.local import Instance, LocalPlan, LocalView, plan_local
+from healer.replace import LeasePolicy
+from healer.verdict import VerdictPolicy
 
 _log = structlog.get_logger("moonwatch.loop")
 
@@ -38,8 +44,19 @@ def bootstrap_command(config: ClusterConfig, now: float) -> Bootstrap:
     )
 
 
+class Prober(Protocol):
+    """What the decision loop needs of the failure detector."""
+
+    def confirm(self, target: str) -> None:
+        """Probe `target` now, out of band, and report the result either way."""
+
+    def set_incarnation(self, incarnation: int) -> None:
+        """Answer probes with this incarnation from now on."""
+
+
 class DecisionLoop:
-    """Runs `plan_local` every tick (or sooner when committed state changes) and carries it out."""
+    """Runs the local plan (and, on the leader, verdicts and replacements) every tick or sooner
+    when committed state changes, carries it out, and logs its one sentence when it changes."""
 
     def __init__(
         self,
@@ -51,6 +68,9 @@ class DecisionLoop:
         driver: ServerDriver,
         clock: Clock,
         metrics: AgentMetrics,
+        leases: LeaseKeeper | None = None,
+        prober: Prober | None = None,
+        persist_incarnation: Callable[[int], None] | None = None,
     ) -> None:
         self._config = config
         self._server = server
@@ -59,10 +79,25 @@ class DecisionLoop:
         self._driver = driver
         self._clock = clock
         self._metrics = metrics
+        self._leases = leases
+        self._prober = prober
+        self._persist = persist_incarnation
         me = config.server(server)
         self._addresses = {
             slot.name: f"{me.host}:{config.app_port(server, slot.name)}" for slot in config.slots
         }
+        timing = config.timing
+        self._verdicts = VerdictPolicy(
+            min_observers=config.detection.min_observers,
+            suspicion_min_s=timing.suspicion_s,
+            suspicion_max_s=timing.suspicion_max_s,
+            expire_s=timing.suspicion_expire_s,
+        )
+        self._lease_policy = LeasePolicy(
+            lease_s=timing.lease_s, drift=timing.clock_drift, margin_s=timing.lease_margin_s
+        )
+        self._leader_clock = LeaderClock()
+        self._confirmed: set[tuple[str, int, float]] = set()
         self.last_report: TickReport | None = None
         self._last_summary = ""
 
@@ -90,35 +125,52 @@ class DecisionLoop:
     async def tick(self) -> TickReport:
         await self._driver.probe()
         snap = self._consensus.snapshot()
-        if snap.state.bootstrapped:
-            me = snap.state.server(self._server)
-            if me is not None and me.incarnation >= self._incarnation and not self.joined():
-                # Our journal or incarnation file was lost: continue above the committed one.
-                self._incarnation = me.incarnation + 1
-        view = LocalView(self._server, self._incarnation, self._instances())
+        now, wall = self._clock.monotonic(), self._clock.wall()
+        self._forget_closed_suspicions(snap)
+        view = LocalView(
+            self._server, self._incarnation, self._instances(), frozenset(self._confirmed)
+        )
         plan = plan_local(
             snap.state,
             snap.raft,
             view,
-            bootstrap_command(self._config, self._clock.wall()),
+            bootstrap_command(self._config, wall),
             self._addresses,
-            self._clock.wall(),
+            wall,
         )
-        await self._carry_out(plan)
-        report = TickReport(plan.summary, self._clock.monotonic())
-        if plan.summary != self._last_summary:
-            _log.info("decision", summary=plan.summary, leader=snap.raft.leader)
-            self._last_summary = plan.summary
+        if plan.incarnation is not None and plan.incarnation != self._incarnation:
+            self._adopt_incarnation(plan.incarnation)
+        self._leader_clock.observe(snap, now)
+        led, waiting = plan_leader(
+            snap, self._leader_clock, now, wall, self._verdicts, self._lease_policy
+        )
+        await self._carry_out(plan, led)
+        summary = "; ".join([plan.summary, *(f"leader: {n}" for n in waiting)])
+        report = TickReport(summary, self._clock.monotonic())
+        if summary != self._last_summary:
+            _log.info("decision", summary=summary, leader=snap.raft.leader)
+            self._last_summary = summary
         self.last_report = report
         return report
 
+    def _adopt_incarnation(self, incarnation: int) -> None:
+        self._incarnation = incarnation
+        if self._persist is not None:
+            self._persist(incarnation)
+        if self._prober is not None:
+            self._prober.set_incarnation(incarnation)
+
+    def _forget_closed_suspicions(self, snap: Snapshot) -> None:
+        open_keys = {(s.target, s.incarnation, s.since) for s in snap.state.suspicions}
+        self._confirmed &= open_keys
+
     def _instances(self) -> dict[str, Instance]:
         return {
-            slot: Instance(s.slot, s.epoch, s.address, s.running, s.healthy)
+            slot: Instance(s.slot, s.epoch, s.address, s.running, s.healthy, s.serving, s.gave_up)
             for slot, s in self._driver.instances().items()
         }
 
-    async def _carry_out(self, plan: LocalPlan) -> None:
+    async def _carry_out(self, plan: LocalPlan, led: list[Command]) -> None:
         timing = self._config.timing
         for stop in plan.stops:
             _log.info("instance_stop", slot=stop.slot, reason=stop.reason)
@@ -127,11 +179,19 @@ class DecisionLoop:
         for start in plan.starts:
             await self._driver.ensure_running(self._spec(start.slot, start.epoch, start.tenants))
             self._metrics.instance_actions.labels("start").inc()
-        for command in plan.commands:
+        if self._leases is not None:
+            self._leases.push()
+        for key in plan.confirm:
+            self._confirmed.add(key)
+            if self._prober is not None:
+                self._prober.confirm(key[0])
+        for command in (*plan.commands, *led):
             result = await self._consensus.submit(command, timeout_s=max(1.0, 4 * timing.tick_s))
             self._metrics.submits.labels(command.kind, result.status).inc()
             if not result.ok:
                 _log.info("command_not_applied", kind=command.kind, result=result.reason)
+            elif command.kind in ("mark_server_failed", "assign_slot", "drop_suspicion"):
+                _log.info("leader_decided", kind=command.kind, command_id=command.id)
 
     def _spec(self, slot: str, epoch: int, tenants: tuple[str, ...]) -> InstanceSpec:
         me = self._config.server(self._server)
@@ -144,4 +204,5 @@ class DecisionLoop:
             base_domain=self._config.base_domain,
             tenants=tenants,
             data_dir=self._config.data_dir / "slots" / slot,
+            overlap_log=self._config.data_dir / "overlap" / f"{slot}.log",
         )

@@ -78,3 +78,38 @@ def render_status(source: str, doc: dict[str, Any]) -> str:
         lines += ["", f"stopped subdomains: {len(stops)}"]
     lines += ["", "* = Raft leader"]
     return "\n".join(lines)
+
+
+def operator_call(
+    urls: list[str], path: str, token: str, reason: str, timeout_s: float = 10.0
+) -> tuple[int, dict[str, Any]]:
+    """POST an authenticated operator call to the first agent that answers at all."""
+    failures: list[str] = []
+    payload = json.dumps({"reason": reason}).encode()
+    for url in urls:
+        target = url.rstrip("/") + path
+        if not target.startswith(("http://", "https://")):
+            failures.append(f"{url}: only http:// and https:// URLs are supported")
+            continue
+        request = urllib.request.Request(
+            target,
+            data=payload,
+            method="POST",
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s) as resp:
+                return resp.status, _object(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, _object(exc.read())
+        except (urllib.error.URLError, OSError) as exc:
+            failures.append(f"{target}: {getattr(exc, 'reason', exc)}")
+    raise StatusUnavailable("no agent answered:\n  " + "\n  ".join(failures))
+
+
+def _object(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw.decode())
+    except ValueError:
+        return {"error": raw[:200].decode(errors="replace")}
+    return body if isinstance(body, dict) else {"error": str(body)[:200]}

@@ -7,9 +7,10 @@ import os
 from agent.api import ApiContext, build_api
 from agent.clock import Clock
 from agent.config import ClusterConfig
-from agent.daemon import AgentParts, next_incarnation
+from agent.daemon import AgentParts, next_incarnation, store_incarnation
 from agent.driver import ProcessDriver, ServerDriver
 from agent.edge import Edge
+from agent.lease import LeaseKeeper
 from agent.loop import DecisionLoop
 from agent.metrics import AgentMetrics
 from consensus.protocol import Consensus
@@ -42,7 +43,16 @@ def build_agent(
     consensus = consensus or SyncObjConsensus(raft_settings(config, server), clock)
     driver = driver or ProcessDriver(clock)
     metrics = AgentMetrics(consensus.snapshot)
-    incarnation = next_incarnation(config.data_dir / "servers" / server / "incarnation")
+    incarnation_file = config.data_dir / "servers" / server / "incarnation"
+    incarnation = next_incarnation(incarnation_file)
+    leases = LeaseKeeper(
+        server=server,
+        consensus=consensus,
+        driver=driver,
+        clock=clock,
+        lease_s=config.timing.lease_s,
+        renew_s=config.timing.lease_renew_s,
+    )
     loop = DecisionLoop(
         config=config,
         server=server,
@@ -51,6 +61,8 @@ def build_agent(
         driver=driver,
         clock=clock,
         metrics=metrics,
+        leases=leases,
+        persist_incarnation=lambda n: store_incarnation(incarnation_file, n),
     )
     api = build_api(
         ApiContext(
@@ -62,6 +74,7 @@ def build_agent(
             clock=clock,
             metrics=metrics,
             stall_after_s=max(5.0, 20 * config.timing.tick_s),
+            api_token=config.secrets.api_token.get_secret_value(),
         )
     )
     edge = Edge(config.base_domain, lambda: consensus.snapshot().state, server).application()
@@ -77,4 +90,5 @@ def build_agent(
         edge=edge,
         clock=clock,
         shutdown_timeout_s=config.timing.shutdown_timeout_s,
+        background=[leases.run],
     )

@@ -145,8 +145,64 @@ class ReleaseSlot:
     version: int = COMMAND_VERSION
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReportProbe:
+    """An observer's probe result about a server: unreachable opens or joins a suspicion;
+    reachable counts against an open one."""
+
+    __pydantic_config__ = _STRICT
+
+    id: str
+    at: float
+    observer: str
+    target: str
+    incarnation: int
+    reachable: bool
+    evidence: dict[str, Any] = field(default_factory=dict)
+    kind: Literal["report_probe"] = "report_probe"
+    version: int = COMMAND_VERSION
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DropSuspicion:
+    """The leader closes a suspicion that did not become a verdict in time."""
+
+    __pydantic_config__ = _STRICT
+
+    id: str
+    at: float
+    target: str
+    incarnation: int
+    reason: str
+    kind: Literal["drop_suspicion"] = "drop_suspicion"
+    version: int = COMMAND_VERSION
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReturnServer:
+    """An operator puts a failed or quarantined server back into the spare pool."""
+
+    __pydantic_config__ = _STRICT
+
+    id: str
+    at: float
+    server: str
+    reason: str
+    kind: Literal["return_server"] = "return_server"
+    version: int = COMMAND_VERSION
+
+
 Command = (
-    Bootstrap | ServerUp | MarkServerFailed | AssignSlot | SlotServing | RenewLease | ReleaseSlot
+    Bootstrap
+    | ServerUp
+    | MarkServerFailed
+    | AssignSlot
+    | SlotServing
+    | RenewLease
+    | ReleaseSlot
+    | ReportProbe
+    | DropSuspicion
+    | ReturnServer
 )
 
 _COMMAND_ADAPTER: Final = TypeAdapter[Command](Annotated[Command, Field(discriminator="kind")])

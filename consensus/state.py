@@ -18,7 +18,8 @@ _STRICT: Final = ConfigDict(extra="forbid")
 
 Role = Literal["active", "spare"]
 ServerState = Literal["new", "up", "failed", "quarantined"]
-SlotState = Literal["unassigned", "assigned", "serving", "released"]
+# lost: the owner was declared failed; it may still serve until its lease runs out.
+SlotState = Literal["unassigned", "assigned", "serving", "released", "lost"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +70,36 @@ class Decision:
 
 
 @dataclass(frozen=True, slots=True)
+class ProbeReport:
+    """One observer's latest word on a suspected server."""
+
+    __pydantic_config__ = _STRICT
+
+    observer: str
+    reachable: bool
+    at: float
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Suspicion:
+    """A server some observer could not reach, with every observer's report since."""
+
+    __pydantic_config__ = _STRICT
+
+    target: str
+    incarnation: int
+    since: float
+    reports: tuple[ProbeReport, ...] = ()
+
+    def unreachable_by(self) -> tuple[str, ...]:
+        return tuple(r.observer for r in self.reports if not r.reachable)
+
+    def reachable_by(self) -> tuple[str, ...]:
+        return tuple(r.observer for r in self.reports if r.reachable)
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterState:
     """Everything the cluster agrees on. Small by design: it is pickled into Raft snapshots."""
 
@@ -80,6 +111,7 @@ class ClusterState:
     servers: tuple[ServerRecord, ...] = ()
     slots: tuple[SlotRecord, ...] = ()
     mode: Literal["normal", "cascade", "recovering"] = "normal"
+    suspicions: tuple[Suspicion, ...] = ()
     decisions: tuple[Decision, ...] = ()
     decision_seq: int = 0
     applied: int = 0
@@ -97,6 +129,12 @@ class ClusterState:
 
     def slots_owned_by(self, server: str) -> tuple[SlotRecord, ...]:
         return tuple(s for s in self.slots if s.owner == server)
+
+    def suspicion(self, target: str) -> Suspicion | None:
+        return next((s for s in self.suspicions if s.target == target), None)
+
+    def up_servers(self) -> tuple[ServerRecord, ...]:
+        return tuple(s for s in self.servers if s.state == "up")
 
     def tenant_slot(self, tenant: str) -> SlotRecord | None:
         return next((s for s in self.slots if tenant in s.tenants), None)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from consensus.commands import Bootstrap, Command, ServerUp, SlotServing
+from consensus.commands import Bootstrap, Command, ReleaseSlot, ServerUp, SlotServing
 from consensus.protocol import RaftStatus
-from consensus.state import ClusterState, SlotRecord
+from consensus.state import ClusterState, ServerRecord, SlotRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,15 +19,19 @@ class Instance:
     address: str
     running: bool
     healthy: bool
+    serving: bool = False
+    gave_up: bool = False  # it kept crashing: local healing is exhausted
 
 
 @dataclass(frozen=True, slots=True)
 class LocalView:
-    """This agent's own facts: who it is and what runs here."""
+    """This agent's own facts: who it is, what runs here, what it has already checked."""
 
     server: str
     incarnation: int
     instances: Mapping[str, Instance] = field(default_factory=dict)
+    # (target, incarnation, since) of suspicions this agent already probed for itself.
+    confirmed: frozenset[tuple[str, int, float]] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,12 +49,15 @@ class StopInstance:
 
 @dataclass(frozen=True, slots=True)
 class LocalPlan:
-    """One tick's decision: commands to submit, instances to start and stop, and one sentence."""
+    """One tick's decision: commands, instances to start and stop, suspicions to check for
+    ourselves, the incarnation to live at, and one sentence."""
 
     summary: str
     commands: tuple[Command, ...] = ()
     starts: tuple[StartInstance, ...] = ()
     stops: tuple[StopInstance, ...] = ()
+    confirm: tuple[tuple[str, int, float], ...] = ()
+    incarnation: int | None = None
 
 
 def plan_local(
@@ -62,25 +69,29 @@ def plan_local(
     now: float,
 ) -> LocalPlan:
     """Decide one tick. `addresses` maps each slot to the address this server serves it on;
-    `bootstrap` is the command that creates the state from our config, used only by a leader
-    that finds the cluster empty. Without a known leader nothing is submitted."""
-    stops = _stops(state, view)
+    `bootstrap` is used only by a leader that finds the cluster empty. `now` is wall time,
+    recorded in the commands."""
     if not state.bootstrapped:
         if raft.is_leader:
-            return LocalPlan("leader: bootstrapping the cluster", (bootstrap,), (), stops)
-        return LocalPlan("waiting for the leader to bootstrap the cluster", (), (), stops)
+            return LocalPlan("leader: bootstrapping the cluster", (bootstrap,))
+        return LocalPlan("waiting for the leader to bootstrap the cluster")
     me = state.server(view.server)
     if me is None:
-        return LocalPlan(f"{view.server} is not a member of the committed cluster", (), (), stops)
-    if me.state != "up" or me.incarnation != view.incarnation:
-        up = ServerUp(
-            id=f"up:{view.server}:{view.incarnation}",
-            at=now,
-            server=view.server,
-            incarnation=view.incarnation,
-        )
-        return LocalPlan(f"joining as incarnation {view.incarnation}", (up,), (), stops)
+        stops = tuple(StopInstance(s, "not a member") for s in sorted(view.instances))
+        return LocalPlan(f"{view.server} is not a member of the committed cluster", stops=stops)
+    stops = _stops(state, me, view)
+    membership = _membership(state, me, view, now)
+    if membership is not None:
+        return LocalPlan(membership[0], membership[1], (), stops, incarnation=membership[2])
+    confirm = tuple(
+        key
+        for s in state.suspicions
+        if s.target != view.server
+        and (key := (s.target, s.incarnation, s.since)) not in view.confirmed
+    )
     owned = [s for s in state.slots_owned_by(view.server) if s.state in ("assigned", "serving")]
+    releases = tuple(_release(s, view.server, now) for s in owned if _gave_up(s, view))
+    owned = [s for s in owned if not _gave_up(s, view)]
     starts = tuple(
         StartInstance(s.name, s.epoch, s.tenants) for s in owned if _needs_start(s, view)
     )
@@ -89,17 +100,45 @@ def plan_local(
         for s in owned
         if _ready_to_announce(s, view, addresses.get(s.name))
     )
-    return LocalPlan(_summary(view.server, owned, starts, serving, stops), serving, starts, stops)
+    stops += tuple(StopInstance(c.slot, "gave up after repeated crashes") for c in releases)
+    summary = _summary(view.server, owned, starts, serving, stops, confirm, releases)
+    return LocalPlan(summary, (*releases, *serving), starts, stops, confirm)
 
 
-def _stops(state: ClusterState, view: LocalView) -> tuple[StopInstance, ...]:
-    """Instances this server must not run: not its slot, an old epoch, or a released slot."""
+def _membership(
+    state: ClusterState, me: ServerRecord, view: LocalView, now: float
+) -> tuple[str, tuple[Command, ...], int] | None:
+    """Join, refute or report back when the committed record of this server is not `up` at our
+    incarnation; None when it is and nothing needs saying."""
+    if me.state == "quarantined" and me.incarnation == view.incarnation:
+        return (
+            "quarantined: serving nothing until an operator returns this server",
+            (),
+            view.incarnation,
+        )
+    suspected = state.suspicion(view.server) is not None
+    if me.state == "up" and me.incarnation == view.incarnation and not suspected:
+        return None
+    incarnation = view.incarnation
+    if me.incarnation >= incarnation or suspected:
+        incarnation = me.incarnation + 1  # refute, or rise above a life the cluster remembers
+    up = ServerUp(
+        id=f"up:{view.server}:{incarnation}", at=now, server=view.server, incarnation=incarnation
+    )
+    if suspected and me.state == "up":
+        return f"refuting a suspicion with incarnation {incarnation}", (up,), incarnation
+    return f"joining as incarnation {incarnation} (was {me.state})", (up,), incarnation
+
+
+def _stops(state: ClusterState, me: ServerRecord, view: LocalView) -> tuple[StopInstance, ...]:
+    """Instances this server must not run: not its slot, an old epoch, a released or lost slot,
+    or anything at all while the cluster does not count this server as up."""
     stops: list[StopInstance] = []
     for name, instance in sorted(view.instances.items()):
         slot = state.slot(name)
-        if not state.bootstrapped:
-            continue
-        if slot is None:
+        if me.state != "up":
+            stops.append(StopInstance(name, f"this server is {me.state}"))
+        elif slot is None:
             stops.append(StopInstance(name, "slot is not in the committed state"))
         elif slot.owner != view.server:
             stops.append(StopInstance(name, f"slot is owned by {slot.owner} at epoch {slot.epoch}"))
@@ -107,9 +146,14 @@ def _stops(state: ClusterState, view: LocalView) -> tuple[StopInstance, ...]:
             stops.append(
                 StopInstance(name, f"instance runs epoch {instance.epoch}, not {slot.epoch}")
             )
-        elif slot.state == "released":
-            stops.append(StopInstance(name, "slot was released"))
+        elif slot.state in ("released", "lost"):
+            stops.append(StopInstance(name, f"slot is {slot.state}"))
     return tuple(stops)
+
+
+def _gave_up(slot: SlotRecord, view: LocalView) -> bool:
+    instance = view.instances.get(slot.name)
+    return instance is not None and instance.epoch == slot.epoch and instance.gave_up
 
 
 def _needs_start(slot: SlotRecord, view: LocalView) -> bool:
@@ -121,7 +165,7 @@ def _ready_to_announce(slot: SlotRecord, view: LocalView, address: str | None) -
     instance = view.instances.get(slot.name)
     if instance is None or address is None or instance.epoch != slot.epoch:
         return False
-    if not (instance.running and instance.healthy):
+    if not (instance.running and instance.healthy and instance.serving):
         return False
     return slot.state != "serving" or slot.address != address
 
@@ -137,20 +181,37 @@ def _serving(slot: SlotRecord, server: str, address: str, now: float) -> SlotSer
     )
 
 
+def _release(slot: SlotRecord, server: str, now: float) -> ReleaseSlot:
+    return ReleaseSlot(
+        id=f"release:{slot.name}:{slot.epoch}:{server}",
+        at=now,
+        slot=slot.name,
+        owner=server,
+        epoch=slot.epoch,
+        reason="the app instance kept failing; local restarts are exhausted",
+    )
+
+
 def _summary(
     server: str,
     owned: list[SlotRecord],
     starts: tuple[StartInstance, ...],
     serving: tuple[SlotServing, ...],
     stops: tuple[StopInstance, ...],
+    confirm: tuple[tuple[str, int, float], ...],
+    releases: tuple[ReleaseSlot, ...],
 ) -> str:
     parts: list[str] = []
+    if releases:
+        parts.append("giving up " + ", ".join(r.slot for r in releases))
     if starts:
         parts.append("starting " + ", ".join(f"{s.slot}@{s.epoch}" for s in starts))
     if serving:
         parts.append("announcing " + ", ".join(c.slot for c in serving))
     if stops:
         parts.append("stopping " + ", ".join(f"{s.slot} ({s.reason})" for s in stops))
+    if confirm:
+        parts.append("checking suspicion of " + ", ".join(c[0] for c in confirm))
     if parts:
         return "; ".join(parts)
     if not owned:

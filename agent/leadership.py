@@ -1,0 +1,59 @@
+"""What only the Raft leader decides: verdicts and replacements, from its own view of time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from consensus.commands import Command
+from consensus.protocol import Snapshot
+from healer.replace import LeasePolicy, plan_replacements
+from healer.verdict import VerdictPolicy, plan_verdicts
+
+
+@dataclass
+class LeaderClock:
+    """When this leader first saw each suspicion, and each slot's latest lease renewal, on its
+    own monotonic clock. A newly elected leader counts everything from its election."""
+
+    term: int = -1
+    lease_seen: dict[str, float] = field(default_factory=dict)
+    lease_marks: dict[str, tuple[int, int, str]] = field(default_factory=dict)
+    suspicion_seen: dict[str, float] = field(default_factory=dict)
+    suspicion_marks: dict[str, tuple[int, float]] = field(default_factory=dict)
+
+    def observe(self, snap: Snapshot, now: float) -> None:
+        if not snap.raft.is_leader:
+            self.term = -1
+            return
+        if snap.raft.term != self.term:  # took office: every lease counts as renewed now
+            self.term = snap.raft.term
+            self.lease_marks.clear()
+            self.suspicion_marks.clear()
+        for slot in snap.state.slots:
+            mark = (slot.epoch, slot.lease_seq, slot.state)
+            if self.lease_marks.get(slot.name) != mark:
+                self.lease_marks[slot.name] = mark
+                self.lease_seen[slot.name] = now
+        open_now = {}
+        for suspicion in snap.state.suspicions:
+            mark2 = (suspicion.incarnation, suspicion.since)
+            open_now[suspicion.target] = mark2
+            if self.suspicion_marks.get(suspicion.target) != mark2:
+                self.suspicion_seen[suspicion.target] = now
+        self.suspicion_marks = open_now
+
+
+def plan_leader(
+    snap: Snapshot,
+    clock: LeaderClock,
+    now: float,
+    wall: float,
+    verdicts: VerdictPolicy,
+    leases: LeasePolicy,
+) -> tuple[list[Command], list[str]]:
+    """The leader's commands for this tick and a note for everything it is waiting on."""
+    if not snap.raft.is_leader or not snap.state.bootstrapped:
+        return [], []
+    judged, waiting = plan_verdicts(snap.state, clock.suspicion_seen, now, wall, verdicts)
+    moved, pending = plan_replacements(snap.state, clock.lease_seen, now, wall, leases)
+    return [*judged, *moved], [*waiting, *pending]

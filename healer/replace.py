@@ -1,0 +1,116 @@
+"""The leader's replacements: hand a slot to a ready spare once its old lease cannot be valid."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from consensus.commands import AssignSlot, Command
+from consensus.state import ClusterState, ServerRecord, SlotRecord
+
+
+@dataclass(frozen=True, slots=True)
+class LeasePolicy:
+    """Lease timing as the leader sees it (see docs/fencing.md for the argument)."""
+
+    lease_s: float = 2.0
+    # Bound on the rate error of any server's clock (1 % is far beyond real quartz drift).
+    drift: float = 0.01
+    # Extra wait after the old lease must have ended, for a stop in progress to finish.
+    margin_s: float = 0.25
+
+    @property
+    def wait_s(self) -> float:
+        """How long after the last renewal it saw the leader waits before reassigning: the
+        owner's lease, stretched by the worst clock-rate error on both sides, plus the margin."""
+        return self.lease_s * (1 + self.drift) / (1 - self.drift) + self.margin_s
+
+
+def plan_replacements(
+    state: ClusterState,
+    lease_seen: Mapping[str, float],
+    now: float,
+    wall: float,
+    policy: LeasePolicy,
+) -> tuple[list[Command], list[str]]:
+    """AssignSlot for each slot that needs a new owner and may have one now. `lease_seen` maps a
+    slot to when this leader last saw its lease renewed or reassigned (its monotonic clock)."""
+    commands: list[Command] = []
+    notes: list[str] = []
+    taken: set[str] = set()
+    for slot in state.slots:
+        why = _needs_owner(state, slot, lease_seen, now, policy)
+        if why is None:
+            continue
+        silent_s = now - lease_seen.get(slot.name, now)
+        if slot.state not in ("released", "unassigned") and silent_s < policy.wait_s:
+            notes.append(f"{slot.name}: {why}; lease ends in {policy.wait_s - silent_s:.1f} s")
+            continue
+        spare = pick_spare(state, slot, taken)
+        if spare is None:
+            notes.append(f"{slot.name}: {why}; no spare is ready")
+            continue
+        taken.add(spare.name)
+        commands.append(_assign(slot, spare, why, silent_s, wall, policy))
+    return commands, notes
+
+
+def _needs_owner(
+    state: ClusterState,
+    slot: SlotRecord,
+    lease_seen: Mapping[str, float],
+    now: float,
+    policy: LeasePolicy,
+) -> str | None:
+    if slot.owner is None or slot.state == "unassigned":
+        return "no owner"
+    if slot.state == "lost":
+        return f"owner {slot.owner} failed"
+    if slot.state == "released":
+        return f"released by {slot.owner}"
+    owner = state.server(slot.owner)
+    if owner is None or owner.state != "up":
+        return f"owner {slot.owner} is {'unknown' if owner is None else owner.state}"
+    if now - lease_seen.get(slot.name, now) >= policy.wait_s:
+        return f"{slot.owner} stopped renewing its lease"
+    return None
+
+
+def pick_spare(state: ClusterState, slot: SlotRecord, taken: set[str]) -> ServerRecord | None:
+    """A spare that is up and owns nothing, preferably in another failure domain than the slot's
+    previous owner; ties broken by name so every leader picks the same one."""
+    previous = state.server(slot.owner) if slot.owner else None
+    owners = {s.owner for s in state.slots if s.owner}
+    candidates = [
+        s
+        for s in state.servers
+        if s.role == "spare" and s.state == "up" and s.name not in owners and s.name not in taken
+    ]
+    if not candidates:
+        return None
+    avoid = previous.domain if previous else None
+    return min(candidates, key=lambda s: (s.domain == avoid, s.name))
+
+
+def _assign(
+    slot: SlotRecord,
+    spare: ServerRecord,
+    why: str,
+    silent_s: float,
+    wall: float,
+    policy: LeasePolicy,
+) -> AssignSlot:
+    return AssignSlot(
+        id=f"assign:{slot.name}:{slot.epoch + 1}:{spare.name}",
+        at=wall,
+        slot=slot.name,
+        owner=spare.name,
+        epoch=slot.epoch + 1,
+        reason=why,
+        evidence={
+            "previous_state": slot.state,
+            "lease_silent_s": round(silent_s, 3),
+            "lease_wait_s": round(policy.wait_s, 3),
+            "spare_domain": spare.domain,
+        },
+    )
