@@ -17,7 +17,7 @@ class LeaderClock:
 
     term: int = -1
     lease_seen: dict[str, float] = field(default_factory=dict)
-    lease_marks: dict[str, tuple[int, int, str]] = field(default_factory=dict)
+    lease_marks: dict[str, tuple[int, int]] = field(default_factory=dict)
     suspicion_seen: dict[str, float] = field(default_factory=dict)
     suspicion_marks: dict[str, tuple[int, float]] = field(default_factory=dict)
 
@@ -30,7 +30,9 @@ class LeaderClock:
             self.lease_marks.clear()
             self.suspicion_marks.clear()
         for slot in snap.state.slots:
-            mark = (slot.epoch, slot.lease_seq, slot.state)
+            # A renewal or a new owner restarts the clock; a verdict does not (the old owner's
+            # lease runs from its last renewal, whatever the cluster decided since).
+            mark = (slot.epoch, slot.lease_seq)
             if self.lease_marks.get(slot.name) != mark:
                 self.lease_marks[slot.name] = mark
                 self.lease_seen[slot.name] = now

@@ -13,6 +13,7 @@ from agent.edge import Edge
 from agent.lease import LeaseKeeper
 from agent.loop import DecisionLoop
 from agent.metrics import AgentMetrics
+from agent.watch import Watch
 from consensus.protocol import Consensus
 from consensus.syncobj_consensus import RaftSettings, SyncObjConsensus
 
@@ -53,6 +54,7 @@ def build_agent(
         lease_s=config.timing.lease_s,
         renew_s=config.timing.lease_renew_s,
     )
+    watch = Watch(config, server, consensus, clock, incarnation)
     loop = DecisionLoop(
         config=config,
         server=server,
@@ -62,6 +64,7 @@ def build_agent(
         clock=clock,
         metrics=metrics,
         leases=leases,
+        prober=watch,
         persist_incarnation=lambda n: store_incarnation(incarnation_file, n),
     )
     api = build_api(
@@ -90,5 +93,5 @@ def build_agent(
         edge=edge,
         clock=clock,
         shutdown_timeout_s=config.timing.shutdown_timeout_s,
-        background=[leases.run],
+        background=[leases.run, watch.runner.run],
     )

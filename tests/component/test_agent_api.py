@@ -17,6 +17,7 @@ from agent.config import ClusterConfig, parse_config
 from agent.daemon import Agent
 from agent.driver import InstanceSpec, InstanceStatus
 from agent.wiring import build_agent
+from consensus.commands import MarkServerFailed
 from consensus.memory import MemoryConsensus, MemoryLog
 from tests.support import cluster_config
 
@@ -26,7 +27,12 @@ class FakeDriver:
 
     def __init__(self) -> None:
         self.specs: dict[str, InstanceSpec] = {}
+        self.leases: dict[str, tuple[int, float]] = {}
         self.closed = False
+
+    def grant_lease(self, slot: str, epoch: int, until: float) -> None:
+        if slot in self.specs and self.specs[slot].epoch == epoch:
+            self.leases[slot] = (epoch, until)
 
     async def ensure_running(self, spec: InstanceSpec) -> None:
         self.specs[spec.slot] = spec
@@ -39,7 +45,15 @@ class FakeDriver:
 
     def instances(self) -> Mapping[str, InstanceStatus]:
         return {
-            s.slot: InstanceStatus(s.slot, s.epoch, s.address, 1, running=True, healthy=True)
+            s.slot: InstanceStatus(
+                s.slot,
+                s.epoch,
+                s.address,
+                1,
+                running=True,
+                healthy=True,
+                serving=s.slot in self.leases,
+            )
             for s in self.specs.values()
         }
 
@@ -228,3 +242,44 @@ async def test_shutdown_stops_instances(agent: Running) -> None:
     assert await asyncio.wait_for(agent.task, 10) == 0
     assert agent.driver.closed
     agent.stopping = asyncio.Event()  # the fixture's own stop is then a no-op
+
+
+async def post_return(
+    agent: Running, name: str, token: str | None, body: object = None
+) -> tuple[int, dict[str, object]]:
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    url = f"{agent.url}/v1/servers/{name}/return"
+    async with agent.http.post(url, headers=headers, json=body) as resp:
+        return resp.status, await resp.json()
+
+
+@pytest.mark.parametrize("token", [None, "wrong-token", ""])
+async def test_operator_calls_need_the_token(agent: Running, token: str | None) -> None:
+    status, body = await post_return(agent, "a2", token)
+    assert status == 401 and body["status"] == 401
+
+
+async def test_return_refuses_unknown_and_healthy_servers(agent: Running) -> None:
+    status, _ = await post_return(agent, "zz", "test-api-token")
+    assert status == 404
+    status, body = await post_return(agent, "a1", "test-api-token")
+    assert status == 409 and "not out of the pool" in str(body["error"])
+    status, _ = await post_return(agent, "a2", "test-api-token", {"reason": 5})
+    assert status == 400
+
+
+async def test_return_puts_a_failed_server_back_as_spare(agent: Running) -> None:
+    consensus = MemoryConsensus(agent.log, "a3", SystemClock())
+    await consensus.start()
+    failed = MarkServerFailed(id="f-a2", at=1.0, server="a2", incarnation=0, evidence={})
+    assert (await consensus.submit(failed, 1.0)).ok
+    status, body = await post_return(agent, "a2", "test-api-token", {"reason": "disk replaced"})
+    assert status == 200 and body["ok"] is True
+    _, doc, _ = await agent.get("/v1/status")
+    assert isinstance(doc, dict)
+    a2 = next(s for s in doc["servers"] if s["name"] == "a2")
+    assert (a2["role"], a2["state"]) == ("spare", "new")
+    _, decisions, _ = await agent.get("/v1/decisions")
+    assert isinstance(decisions, dict)
+    last = decisions["decisions"][-1]
+    assert last["kind"] == "server_returned" and last["evidence"]["reason"] == "disk replaced"
