@@ -13,9 +13,12 @@ from pathlib import Path
 
 from aiohttp import web
 
-from app.clock import pause
+from app.clock import Clock, SystemClock, pause
+from app.control import ControlProtocol, read_stdin
+from app.fence import Identity, LeaseFence, OpenFence, watch_lease
+from app.overlap_log import OverlapLog
 from app.service import build_app
-from app.settings import INSTANCE_NAME, TENANT_LABEL, AppSettings
+from app.settings import CONTROLS, INSTANCE_NAME, TENANT_LABEL, AppSettings
 
 __all__ = ["AppSettings", "main", "parse_settings"]
 
@@ -27,6 +30,9 @@ EXIT_BIND_FAILED = 3
 # Bound on graceful shutdown: in-flight requests get this long before connections are dropped.
 SHUTDOWN_TIMEOUT_S = 5.0
 PARENT_CHECK_S = 0.5
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+Fence = LeaseFence | OpenFence
 
 
 def _instance_name(text: str) -> str:
@@ -83,6 +89,12 @@ def _directory(text: str) -> Path:
     return Path(text)
 
 
+def _file(text: str) -> Path:
+    if not text:
+        raise argparse.ArgumentTypeError("file path must not be empty")
+    return Path(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m app", description="Serve one slot's tenants over HTTP."
@@ -97,6 +109,14 @@ def _parser() -> argparse.ArgumentParser:
     arg("--tenant", required=True, action="append", type=_tenant, help="repeat for each tenant")
     arg("--data-dir", required=True, type=_directory, help="slot directory, created 0o700")
     arg("--parent-pid", type=_pid, help="stop serving when this supervising process is gone")
+    arg(
+        "--control",
+        choices=CONTROLS,
+        default="none",
+        help="stdin: serve only under leases the agent writes to stdin, exit at its EOF; "
+        "none: always serve (default: %(default)s)",
+    )
+    arg("--overlap-log", type=_file, help="append start/renew/stop records to this file")
     return parser
 
 
@@ -118,10 +138,12 @@ def parse_settings(argv: Sequence[str]) -> AppSettings:
         tenants=tuple(tenants),
         data_dir=ns.data_dir,
         parent_pid=ns.parent_pid,
+        control=ns.control,
+        overlap_log=ns.overlap_log,
     )
 
 
-def _log(event: str, **fields: object) -> None:
+def _log(event: str, /, **fields: object) -> None:
     print(json.dumps({"event": event, **fields}), flush=True)
 
 
@@ -129,47 +151,117 @@ def _fail(message: str) -> None:
     print(f"app: {message}", file=sys.stderr, flush=True)
 
 
-async def _watch_parent(parent_pid: int, stop: asyncio.Event) -> None:
+class _Shutdown:
+    """The first reason to stop wins: serving stops at once, then ``serve`` wakes to shut down.
+
+    Signal handlers call this too: stopping the fence is part of the flag in a fenced app.
+    """
+
+    def __init__(self, fence: Fence) -> None:
+        self.event = asyncio.Event()
+        self.reason: str | None = None
+        self._fence = fence
+
+    def request(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+            self._fence.shutdown(reason)
+            _log("app_stopping", reason=reason)
+        self.event.set()
+
+
+async def _watch_parent(parent_pid: int, shutdown: _Shutdown) -> None:
     """Stop serving when the agent that started us is gone (we were re-parented): an orphaned
     instance must never keep serving a slot the cluster may already have given to another."""
-    while not stop.is_set():
+    while not shutdown.event.is_set():
         if os.getppid() != parent_pid:
             _log("app_orphaned", parent_pid=parent_pid)
-            stop.set()
+            shutdown.request("orphaned")
             return
         await pause(PARENT_CHECK_S)
 
 
-async def serve(settings: AppSettings) -> int:
-    """Startup -> serve until SIGTERM/SIGINT -> bounded graceful shutdown; return the exit code."""
-    stop = asyncio.Event()
+def _fence(settings: AppSettings, clock: Clock, sink: OverlapLog | None) -> Fence:
+    identity = Identity(settings.slot, settings.server, settings.epoch, os.getpid())
+    if settings.control == "stdin":
+        return LeaseFence(identity, clock, sink, _log)
+    return OpenFence(identity, clock, sink)
+
+
+async def _listen(runner: web.AppRunner, settings: AppSettings, fence: Fence) -> int:
+    """Bind the listening socket, then record the start of an unfenced instance."""
+    try:
+        await web.TCPSite(runner, settings.host, settings.port).start()
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        _fail(f"cannot listen on {settings.host}:{settings.port}: {reason}")
+        return EXIT_BIND_FAILED
+    if isinstance(fence, OpenFence) and not fence.begin():
+        _fail(f"cannot write to the overlap log {settings.overlap_log}")
+        return EXIT_STARTUP_FAILED
+    return EXIT_OK
+
+
+async def _serve(settings: AppSettings, sink: OverlapLog | None) -> int:
+    clock = SystemClock()
+    fence = _fence(settings, clock, sink)
+    shutdown = _Shutdown(fence)
     loop = asyncio.get_running_loop()
-    signals = (signal.SIGTERM, signal.SIGINT)
-    for signum in signals:
-        loop.add_signal_handler(signum, stop.set)
-    runner = web.AppRunner(build_app(settings), shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    for signum in SIGNALS:
+        loop.add_signal_handler(signum, shutdown.request, f"signal {signum.name}")
+    runner = web.AppRunner(build_app(settings, clock, fence), shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    control: ControlProtocol | None = None
+    tasks: list[asyncio.Task[None]] = []
     try:
         await runner.setup()
-        try:
-            await web.TCPSite(runner, settings.host, settings.port).start()
-        except OSError as exc:
-            reason = os.strerror(exc.errno) if exc.errno else str(exc)
-            _fail(f"cannot listen on {settings.host}:{settings.port}: {reason}")
-            return EXIT_BIND_FAILED
+        if isinstance(fence, LeaseFence):
+            control = ControlProtocol(fence, _log, lambda: shutdown.request("control_closed"))
+            try:
+                await read_stdin(control)
+            except (OSError, ValueError) as exc:
+                _fail(f"--control stdin: cannot read stdin: {exc}")
+                return EXIT_STARTUP_FAILED
+            tasks.append(asyncio.create_task(watch_lease(fence)))
+        code = await _listen(runner, settings, fence)
+        if code != EXIT_OK:
+            return code
         _log("app_started", slot=settings.slot, port=settings.port, pid=os.getpid())
         parent_pid = settings.parent_pid if settings.parent_pid is not None else os.getppid()
-        watcher = asyncio.create_task(_watch_parent(parent_pid, stop))
-        await stop.wait()
-        watcher.cancel()
+        tasks.append(asyncio.create_task(_watch_parent(parent_pid, shutdown)))
+        await shutdown.event.wait()
         return EXIT_OK
     finally:
+        fence.shutdown(shutdown.reason or "stopped")
+        for task in tasks:
+            task.cancel()
+        if control is not None:
+            control.close()
         await runner.cleanup()
-        for signum in signals:
+        for signum in SIGNALS:
             loop.remove_signal_handler(signum)
 
 
+async def serve(settings: AppSettings) -> int:
+    """Startup -> serve until SIGTERM/SIGINT (or stdin EOF) -> bounded graceful shutdown.
+
+    Returns the exit code.
+    """
+    sink: OverlapLog | None = None
+    if settings.overlap_log is not None:
+        try:
+            sink = OverlapLog(settings.overlap_log)
+        except OSError as exc:
+            _fail(f"cannot open overlap log {settings.overlap_log}: {exc.strerror or exc}")
+            return EXIT_STARTUP_FAILED
+    try:
+        return await _serve(settings, sink)
+    finally:
+        if sink is not None:
+            sink.close()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the app; 0 after a signalled shutdown, 1 startup failure, 2 bad arguments, 3 bind."""
+    """Run the app; 0 after a signal or stdin EOF, 1 startup failure, 2 bad arguments, 3 bind."""
     try:
         settings = parse_settings(sys.argv[1:] if argv is None else argv)
     except SystemExit as exc:  # argparse exits: 2 on bad arguments, 0 for --help

@@ -69,6 +69,12 @@ def page_not_found(tenant: str) -> str:
     return render(title=f"Not found — {tenant}", heading="Page not found", detail=detail)
 
 
+def not_serving() -> str:
+    """The 503 page of an instance that holds no lease on its slot right now."""
+    detail = "This workspace is moving or restarting. Please try again in a moment."
+    return render(title="Temporarily unavailable", heading="Temporarily unavailable", detail=detail)
+
+
 def shown_host(host: str) -> str:
     """Make a client-supplied host safe to echo: printable ASCII only, at most 253 characters."""
     clipped = host[:MAX_SHOWN_HOST]

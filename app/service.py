@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
 from app import pages
 from app.clock import Clock, SystemClock
+from app.fence import GateStatus, RequestGate
 from app.settings import AppSettings
 
 # HTML responses load nothing external; inline CSS is the only thing they need.
@@ -16,6 +18,9 @@ _HTML_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
     "X-Content-Type-Options": "nosniff",
 }
+# A refused tenant request: try again shortly (the lease may come back, or the edge moves on).
+_NOT_SERVING_HEADERS = {**_HTML_HEADERS, "Retry-After": "1", "X-Moonwatch-Serving": "no"}
+HEALTH_PATH = "/healthz"
 
 
 def host_name(host_header: str) -> str:
@@ -37,15 +42,26 @@ def tenant_for_host(host_header: str, base_domain: str, tenants: tuple[str, ...]
     return None
 
 
-def _html(text: str, status: int) -> web.Response:
-    return web.Response(text=text, status=status, content_type="text/html", headers=_HTML_HEADERS)
+def _html(text: str, status: int, headers: Mapping[str, str] = _HTML_HEADERS) -> web.Response:
+    return web.Response(text=text, status=status, content_type="text/html", headers=headers)
+
+
+class _AlwaysServing:
+    """The gate of an app built without one: serves every request."""
+
+    def admit(self) -> bool:
+        return True
+
+    def status(self) -> GateStatus:
+        return GateStatus(serving=True, lease_remaining_s=None)
 
 
 class _Site:
     """Request handlers and hooks bound to one instance's settings."""
 
-    def __init__(self, settings: AppSettings, started_at: float) -> None:
+    def __init__(self, settings: AppSettings, started_at: float, gate: RequestGate) -> None:
         self._settings = settings
+        self._gate = gate
         self._started_at = started_at
         self._pid = os.getpid()
         self._instance_headers = {
@@ -61,6 +77,7 @@ class _Site:
 
     async def healthz(self, request: web.Request) -> web.Response:
         s = self._settings
+        gate = self._gate.status()
         return web.json_response(
             {
                 "status": "ok",
@@ -70,6 +87,8 @@ class _Site:
                 "pid": self._pid,
                 "tenants": list(s.tenants),
                 "started_at": self._started_at,
+                "serving": gate.serving,
+                "lease_remaining_s": gate.lease_remaining_s,
             }
         )
 
@@ -79,6 +98,15 @@ class _Site:
             raise web.HTTPNotFound
         s = self._settings
         return _html(pages.tenant_home(tenant, s.slot, s.server, s.epoch), 200)
+
+    @web.middleware
+    async def fence_tenant_requests(
+        self, request: web.Request, handler: Handler
+    ) -> web.StreamResponse:
+        """Refuse every request but /healthz, before any other work, unless serving now."""
+        if request.path == HEALTH_PATH or self._gate.admit():
+            return await handler(request)
+        return _html(pages.not_serving(), 503, _NOT_SERVING_HEADERS)
 
     @web.middleware
     async def not_found_pages(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -97,11 +125,16 @@ class _Site:
         response.headers.update(self._instance_headers)
 
 
-def build_app(settings: AppSettings, clock: Clock | None = None) -> web.Application:
-    """Build the aiohttp application for one slot; ``started_at`` is read from ``clock`` now."""
-    site = _Site(settings, (clock or SystemClock()).wall_now())
-    app = web.Application(middlewares=[site.not_found_pages])
+def build_app(
+    settings: AppSettings, clock: Clock | None = None, gate: RequestGate | None = None
+) -> web.Application:
+    """Build the aiohttp application for one slot; ``started_at`` is read from ``clock`` now.
+
+    ``gate`` decides whether tenant requests are served (default: always).
+    """
+    site = _Site(settings, (clock or SystemClock()).wall_now(), gate or _AlwaysServing())
+    app = web.Application(middlewares=[site.fence_tenant_requests, site.not_found_pages])
     app.on_response_prepare.append(site.stamp_instance)
-    app.router.add_get("/healthz", site.healthz)
+    app.router.add_get(HEALTH_PATH, site.healthz)
     app.router.add_get("/", site.home)
     return app

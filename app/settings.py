@@ -5,6 +5,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+
+Control = Literal["stdin", "none"]
+CONTROLS: tuple[Control, ...] = ("stdin", "none")
 
 # One DNS label, lower-case: what a tenant (workspace) may be called.
 TENANT_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -26,3 +30,7 @@ class AppSettings:
     data_dir: Path
     # The agent that supervises this instance; when it is gone, the instance stops serving.
     parent_pid: int | None = None
+    # "stdin": serve only under a lease the agent writes to stdin; "none": always serve.
+    control: Control = "none"
+    # Append-only file of start/renew/stop records (for scripts/check_overlap.py).
+    overlap_log: Path | None = None

@@ -45,10 +45,16 @@ GOOD_ARGS = [
 
 
 class FixedClock:
-    """A clock that always reads STARTED_AT."""
+    """A clock that always reads STARTED_AT (and a fixed boot and monotonic time)."""
 
     def wall_now(self) -> float:
         return STARTED_AT
+
+    def boottime(self) -> float:
+        return 100.0
+
+    def monotonic(self) -> float:
+        return 90.0
 
 
 @pytest.fixture
@@ -91,6 +97,8 @@ async def test_healthz_reports_this_instance(
         "pid": os.getpid(),
         "tenants": ["acme", "globex"],
         "started_at": STARTED_AT,
+        "serving": True,
+        "lease_remaining_s": None,
     }
 
 
