@@ -31,3 +31,8 @@ class SystemClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
+
+
+def clock_monotonic() -> float:
+    """CLOCK_MONOTONIC itself, for records that other tools compare on that clock."""
+    return time.monotonic()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -15,7 +16,7 @@ from typing import Protocol
 import aiohttp
 import structlog
 
-from agent.clock import Clock
+from agent.clock import Clock, clock_monotonic
 
 _log = structlog.get_logger("moonwatch.driver")
 
@@ -148,6 +149,8 @@ class ProcessDriver:
             return
         await _terminate(run.proc, timeout_s)
         _log.info("instance_stopped", slot=slot, pid=run.proc.pid, exit_code=run.proc.returncode)
+        if run.proc.returncode != 0:  # killed: it could not record its own stop
+            _record_exit(run.spec, run.proc.pid, self._clock.monotonic(), "killed by its agent")
 
     def grant_lease(self, slot: str, epoch: int, until: float) -> None:
         run = self._slots.get(slot)
@@ -187,6 +190,7 @@ class ProcessDriver:
     def _crashed(self, run: _Running, now: float, why: str) -> None:
         assert run.proc is not None
         run.exit_code = run.proc.returncode
+        _record_exit(run.spec, run.proc.pid, now, why)
         run.proc, run.healthy, run.lease_until = None, False, 0.0
         run.crashes = [t for t in run.crashes if now - t < self._policy.window_s] + [now]
         if len(run.crashes) > self._policy.max_restarts:
@@ -237,6 +241,33 @@ class ProcessDriver:
             and body.get("epoch") == spec.epoch
             and body.get("server") == spec.server
         )
+
+
+def _record_exit(spec: InstanceSpec, pid: int, now: float, why: str) -> None:
+    """Append the stop an instance could not write itself. The process has been reaped, so it
+    cannot serve after `now`: the record is true, and it keeps the overlap evidence exact."""
+    if spec.overlap_log is None:
+        return
+    record = {
+        "slot": spec.slot,
+        "server": spec.server,
+        "epoch": spec.epoch,
+        "pid": pid,
+        "event": "stop",
+        "boot": now,
+        "mono": clock_monotonic(),
+        "until": None,
+        "reason": f"exited ({why}); recorded by the agent",
+    }
+    line = (json.dumps(record) + "\n").encode()
+    try:
+        fd = os.open(spec.overlap_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        _log.warning("overlap_record_failed", slot=spec.slot, error=str(exc))
 
 
 async def _terminate(proc: asyncio.subprocess.Process, timeout_s: float) -> None:

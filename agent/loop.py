@@ -106,9 +106,14 @@ class DecisionLoop:
         return self._incarnation
 
     def joined(self) -> bool:
-        """True once the cluster has committed this agent's current incarnation as up."""
+        """True once the cluster has committed this agent's current incarnation (as up, or as
+        quarantined: a failed server that came back is a member, just out of service)."""
         me = self._consensus.snapshot().state.server(self._server)
-        return me is not None and me.state == "up" and me.incarnation == self._incarnation
+        return (
+            me is not None
+            and me.state in ("up", "quarantined")
+            and me.incarnation == self._incarnation
+        )
 
     async def run(self, stopping: asyncio.Event) -> None:
         tick_s = self._config.timing.tick_s

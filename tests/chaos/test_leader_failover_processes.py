@@ -83,7 +83,9 @@ async def test_leader_sigkill_new_leader_and_rejoin_from_journal(cluster: LocalC
     await wait_until(same_committed_state, 10)
     docs = await statuses(cluster)
     back = next(s for s in docs[leader]["servers"] if s["name"] == leader)
-    assert back["incarnation"] == 2  # a restarted agent joins with a higher incarnation
+    assert back["incarnation"] >= 2  # a restarted agent joins with a higher incarnation
+    # Killed for longer than a verdict takes, it was declared failed: it comes back quarantined.
+    assert back["state"] in ("quarantined", "up")
     journal = cluster.config.data_dir / "servers" / leader / "raft" / "raft.journal"
     assert journal.stat().st_size > 0
 
