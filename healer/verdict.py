@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from consensus.commands import Command, DropSuspicion, MarkServerFailed
 from consensus.state import ClusterState, Suspicion
+from healer.suspicion import suspicion_timeout
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,16 +19,6 @@ class VerdictPolicy:
     suspicion_min_s: float = 0.8
     suspicion_max_s: float = 2.4
     expire_s: float = 10.0
-
-
-def suspicion_timeout(confirmations: int, expected: int, min_s: float, max_s: float) -> float:
-    """Lifeguard: wait max_s for a lone accuser, falling logarithmically to min_s as the
-    expected number of independent confirmations arrives."""
-    if expected < 1:
-        return min_s
-    done = max(0, min(confirmations, expected))
-    fraction = math.log(done + 1) / math.log(expected + 1)
-    return max(min_s, max_s - (max_s - min_s) * fraction)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from agent.swim.awareness import Awareness
-from agent.swim.suspicion import suspicion_deadline, suspicion_min_s, suspicion_timeout
+from healer.suspicion import suspicion_deadline, suspicion_min_s, suspicion_timeout
 
 # ---------------------------------------------------------------- awareness
 
