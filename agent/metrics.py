@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import get_args
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
@@ -47,6 +47,21 @@ class _SnapshotCollector(Collector):
         )
 
 
+class _DetectorCollector(Collector):
+    """Failure-detector counters (probes, acks, timeouts, rejected datagrams by reason)."""
+
+    def __init__(self, stats: Callable[[], Mapping[str, int]]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(
+            "moonwatch_detector_events", "Failure-detector events by kind", labels=["kind"]
+        )
+        for kind, count in sorted(self._stats().items()):
+            family.add_metric([kind], count)
+        yield family
+
+
 class AgentMetrics:
     """The agent's registry plus the instruments the shell updates."""
 
@@ -71,3 +86,7 @@ class AgentMetrics:
             ["action"],
             registry=self.registry,
         )
+
+    def watch_detector(self, stats: Callable[[], Mapping[str, int]]) -> None:
+        """Export the failure detector's counters at scrape time."""
+        self.registry.register(_DetectorCollector(stats))

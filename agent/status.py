@@ -41,6 +41,16 @@ def status_document(cluster: str, server: str, pid: int, snap: Snapshot) -> dict
             for s in state.slots
         ],
         "stops": [],
+        "suspicions": [
+            {
+                "target": s.target,
+                "incarnation": s.incarnation,
+                "since": s.since,
+                "unreachable_by": list(s.unreachable_by()),
+                "reachable_by": list(s.reachable_by()),
+            }
+            for s in state.suspicions
+        ],
         "raft": {
             "voter": snap.raft.voter,
             "is_leader": snap.raft.is_leader,

@@ -55,6 +55,7 @@ def build_agent(
         renew_s=config.timing.lease_renew_s,
     )
     watch = Watch(config, server, consensus, clock, incarnation)
+    metrics.watch_detector(watch.stats)
     loop = DecisionLoop(
         config=config,
         server=server,
