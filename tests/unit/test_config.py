@@ -35,7 +35,7 @@ SECRET_FILES = {
     "empty.txt": "\n",
     "short.txt": "1234567\n",
 }
-TIMING_KEYS = tuple(TimingConfig.model_fields)
+TIMING_KEYS = tuple(k for k in TimingConfig.model_fields if k.endswith("_s"))
 
 
 def server(name: str, n: int, role: str = "active", **extra: Any) -> dict[str, Any]:
@@ -216,10 +216,15 @@ ONE_KEY_CASES: list[tuple[str, object, str]] = [
         "app port range 65535..65536 (one port per slot) goes past 65535",
     ),
     # ---- timing invariants
-    ("timing.probe_timeout_s", 0.5, "must be less than probe_interval_s (0.5), got 0.5"),
-    ("timing.probe_interval_s", 2.0, "must be less than suspicion_s (2.0), got 2.0"),
+    ("timing.probe_timeout_s", 0.2, "must be less than probe_interval_s (0.2), got 0.2"),
+    ("timing.probe_interval_s", 0.8, "must be less than suspicion_s (0.8), got 0.8"),
     ("timing.lease_renew_s", 1.1, "must be at most half of lease_s (2.0), got 1.1"),
-    ("timing.tick_s", 0.6, "must be at most lease_renew_s (0.5), got 0.6"),
+    ("timing.tick_s", 0.6, "must be at most lease_renew_s (0.4), got 0.6"),
+    ("timing.suspicion_max_s", 0.5, "must be between suspicion_s (0.8) and suspicion_expire_s"),
+    ("timing.lease_margin_s", 2.0, "must be less than lease_s (2.0), got 2.0"),
+    ("timing.clock_drift", 0.5, "Input should be less than or equal to 0.1"),
+    ("detection.min_observers", 1, "Input should be greater than or equal to 2"),
+    ("detection.indirect_probes", -1, "Input should be greater than or equal to 0"),
     ("timing.raft_election_min_s", 1.2, "must be less than raft_election_max_s (1.2), got 1.2"),
     ("timing.leader_fallback_s", 2.0, "must be less than lease_s (2.0), got 2.0"),
     # ---- secrets given literally
