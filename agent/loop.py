@@ -30,9 +30,9 @@ class TickReport:
     at_monotonic: float
 
 
-def bootstrap_command(config: ClusterConfig, now: float) -> Bootstrap:
+def bootstrap_command(config: ClusterConfig, now: float, digest: str | None = None) -> Bootstrap:
     """The command that creates the cluster state from this configuration."""
-    digest = config.digest()
+    digest = digest or config.digest()
     return Bootstrap(
         id=f"bootstrap:{digest}",
         at=now,
@@ -97,6 +97,7 @@ class DecisionLoop:
             lease_s=timing.lease_s, drift=timing.clock_drift, margin_s=timing.lease_margin_s
         )
         self._leader_clock = LeaderClock()
+        self._digest = config.digest()
         self._confirmed: set[tuple[str, int, float]] = set()
         self.last_report: TickReport | None = None
         self._last_summary = ""
@@ -139,7 +140,7 @@ class DecisionLoop:
             snap.state,
             snap.raft,
             view,
-            bootstrap_command(self._config, wall),
+            bootstrap_command(self._config, wall, self._digest),
             self._addresses,
             wall,
         )

@@ -60,7 +60,7 @@ class Watch:
             clock,
             self._report,
             self._members,
-            tick_s=min(0.02, timing.probe_timeout_s / 4),
+            tick_s=timing.probe_timeout_s / 2,
         )
 
     def _members(self) -> Iterable[str]:

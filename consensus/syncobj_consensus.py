@@ -108,6 +108,7 @@ class SyncObjConsensus:
         self._replica: _Replica | None = None
         self._snapshot = Snapshot(ClusterState(), RaftStatus(settings.server, settings.voter))
         self._dirty = False
+        self._tick_key: tuple[object, ...] = ()
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -223,6 +224,16 @@ class SyncObjConsensus:
         if syncobj is None or replica is None:
             return
         leader_node = syncobj._getLeader()
+        key = (
+            leader_node,
+            syncobj.raftCurrentTerm,
+            syncobj._isLeader(),
+            syncobj.raftCommitIndex,
+            syncobj.raftLastApplied,
+        )
+        if key == self._tick_key and not self._dirty:
+            return  # the common case, twenty times a second: nothing changed
+        self._tick_key = key
         leader = None if leader_node is None else self._names.get(leader_node.address)
         status = RaftStatus(
             server=self._settings.server,

@@ -17,6 +17,7 @@ from agent.swim.probe import ProbeReport
 from agent.swim.transport import PeerTransport
 
 ReportSink = Callable[[ProbeReport], Awaitable[None]]
+_MIN_SLEEP_S = 0.002
 
 
 def _random_nonce() -> bytes:
@@ -78,8 +79,12 @@ class SwimRunner:
         try:
             while not stopping.is_set():
                 self.step(self._clock.monotonic())
-                expected = self._clock.monotonic() + self._tick_s
-                await self._clock.sleep(self._tick_s)
+                # Sleep until the detector has something to do, at most tick_s: idle agents
+                # wake a few times per probe period instead of every few milliseconds.
+                now = self._clock.monotonic()
+                delay = min(self._tick_s, max(_MIN_SLEEP_S, self._detector.next_deadline() - now))
+                expected = now + delay
+                await self._clock.sleep(delay)
                 now = self._clock.monotonic()
                 self._detector.note_loop_lag(max(0.0, now - expected), now)
         finally:
