@@ -43,6 +43,7 @@ class LeaderClock:
             if self.suspicion_marks.get(suspicion.target) != mark2:
                 self.suspicion_seen[suspicion.target] = now
         self.suspicion_marks = open_now
+        self.suspicion_seen = {t: v for t, v in self.suspicion_seen.items() if t in open_now}
 
 
 def plan_leader(

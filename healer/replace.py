@@ -18,6 +18,9 @@ class LeasePolicy:
     drift: float = 0.01
     # Extra wait after the old lease must have ended, for a stop in progress to finish.
     margin_s: float = 0.25
+    # A bootstrap owner whose agent has not joined yet gets this long before its slot moves,
+    # so a fleet that starts up slowly does not shuffle its slots.
+    join_grace_s: float = 30.0
 
     @property
     def wait_s(self) -> float:
@@ -43,8 +46,9 @@ def plan_replacements(
         if why is None:
             continue
         silent_s = now - lease_seen.get(slot.name, now)
-        if slot.state not in ("released", "unassigned") and silent_s < policy.wait_s:
-            notes.append(f"{slot.name}: {why}; lease ends in {policy.wait_s - silent_s:.1f} s")
+        wait_s = _wait_for(state, slot, policy)
+        if slot.state not in ("released", "unassigned") and silent_s < wait_s:
+            notes.append(f"{slot.name}: {why}; lease ends in {wait_s - silent_s:.1f} s")
             continue
         spare = pick_spare(state, slot, taken)
         if spare is None:
@@ -71,9 +75,16 @@ def _needs_owner(
     owner = state.server(slot.owner)
     if owner is None or owner.state != "up":
         return f"owner {slot.owner} is {'unknown' if owner is None else owner.state}"
-    if now - lease_seen.get(slot.name, now) >= policy.wait_s:
+    if now - lease_seen.get(slot.name, now) >= _wait_for(state, slot, policy):
         return f"{slot.owner} stopped renewing its lease"
     return None
+
+
+def _wait_for(state: ClusterState, slot: SlotRecord, policy: LeasePolicy) -> float:
+    owner = state.server(slot.owner) if slot.owner else None
+    if owner is not None and owner.state == "new" and slot.lease_seq == 0:
+        return max(policy.wait_s, policy.join_grace_s)
+    return policy.wait_s
 
 
 def pick_spare(state: ClusterState, slot: SlotRecord, taken: set[str]) -> ServerRecord | None:
