@@ -46,7 +46,7 @@ def server_up(state: ClusterState, cmd: ServerUp) -> ClusterState:
 
 def report_probe(state: ClusterState, cmd: ReportProbe) -> ClusterState:
     target = known_server(state, cmd.target, cmd.kind)
-    known_server(state, cmd.observer, cmd.kind)
+    observer = known_server(state, cmd.observer, cmd.kind)
     if cmd.observer == cmd.target:
         raise CommandRejected("report_probe: a server does not report on itself")
     if target.state != "up":
@@ -54,6 +54,10 @@ def report_probe(state: ClusterState, cmd: ReportProbe) -> ClusterState:
     if cmd.incarnation < target.incarnation:
         raise CommandRejected(
             f"report_probe: {cmd.target} is at incarnation {target.incarnation}", stale=True
+        )
+    if observer.state != "up":  # only servers in service take part in verdicts
+        raise CommandRejected(
+            f"report_probe: observer {cmd.observer} is {observer.state}", stale=True
         )
     if len(cmd.evidence) > MAX_EVIDENCE_KEYS:
         raise CommandRejected(f"report_probe: evidence has more than {MAX_EVIDENCE_KEYS} keys")
@@ -64,7 +68,7 @@ def report_probe(state: ClusterState, cmd: ReportProbe) -> ClusterState:
             raise CommandRejected(f"report_probe: no suspicion of {cmd.target}", stale=True)
         suspicion = Suspicion(cmd.target, target.incarnation, cmd.at, (report,))
         state = _with_suspicion(state, suspicion)
-        evidence = {"observer": cmd.observer, "incarnation": target.incarnation, **cmd.evidence}
+        evidence = {**cmd.evidence, "observer": cmd.observer, "incarnation": target.incarnation}
         return decide(state, "server_suspected", cmd.at, cmd.target, evidence)
     others = tuple(r for r in current.reports if r.observer != cmd.observer)
     return _with_suspicion(state, dataclasses.replace(current, reports=(*others, report)))

@@ -19,7 +19,17 @@ from typing import Any
 import pytest
 from pysyncobj import SyncObj, SyncObjConf, SyncObjConsumer, replicated
 
-from consensus.commands import Bootstrap, ServerSpec, ServerUp, SlotSpec, encode_command
+from consensus.commands import (
+    Bootstrap,
+    Command,
+    DropSuspicion,
+    MarkServerFailed,
+    ReportProbe,
+    ServerSpec,
+    ServerUp,
+    SlotSpec,
+    encode_command,
+)
 from consensus.protocol import ConsensusError, RaftStatus, SubmitResult
 from consensus.state import ClusterState, encode_state
 from consensus.syncobj_consensus import RaftSettings, SyncObjConsensus
@@ -387,6 +397,64 @@ async def test_a_cluster_restarted_from_raft_snapshots_keeps_its_state(cluster: 
     assert encode_state(await cluster.wait_applied(4)) == before
     assert await cluster.nodes["m3"].submit(up("m3", 2), SUBMIT_S) == COMMITTED
     await cluster.wait_applied(5)
+
+
+def probe(observer: str, target: str, *, reachable: bool = False) -> ReportProbe:
+    return ReportProbe(
+        id=f"probe-{observer}-{target}-{reachable}",
+        at=102.0,
+        observer=observer,
+        target=target,
+        incarnation=1,
+        reachable=reachable,
+        evidence={"rtt_ms": None, "via": ["m3"], "loss": 0.5},
+    )
+
+
+async def test_suspicions_verdicts_and_lost_slots_survive_raft_snapshots(
+    cluster: Cluster,
+) -> None:
+    """Suspicions with their reports, a lost slot and a quarantined server come back through
+    the replica's serialize/deserialize exactly as they were committed."""
+    cluster.log_compaction_entries = 2
+    await cluster.start()
+    leader = await cluster.wait_leader()
+    await cluster.bootstrap(via=leader)
+    history: list[tuple[str, Command]] = [
+        *((name, up(name)) for name in VOTERS),
+        ("m2", up("m4")),
+        ("m2", probe("m2", "m1")),
+        ("m3", probe("m3", "m1", reachable=True)),
+        ("m2", MarkServerFailed(id="fail-m1", at=103.0, server="m1", incarnation=1)),
+        ("m1", up("m1", 2)),  # its agent restarts: quarantined
+        ("m1", probe("m4", "m3")),  # any node submits; m4 runs no Raft node here
+        ("m2", probe("m2", "m3", reachable=True)),
+    ]
+    for submitter, command in history:
+        assert await cluster.nodes[submitter].submit(command, SUBMIT_S) == COMMITTED, command
+    state = await cluster.wait_applied(1 + len(history))
+    assert [(s.name, s.state) for s in state.servers] == [
+        ("m1", "quarantined"),
+        ("m2", "up"),
+        ("m3", "up"),
+        ("m4", "up"),
+    ]
+    slot = state.slot("s1")
+    assert slot is not None and (slot.state, slot.owner) == ("lost", "m1")
+    suspicion = state.suspicion("m3")
+    assert suspicion is not None and len(suspicion.reports) == 2
+    before = encode_state(state)
+    dumps = [cluster.root / name / "raft.dump" for name in VOTERS]
+    assert await wait_until(lambda: all(dump.exists() for dump in dumps), 10.0)
+
+    await cluster.stop()
+    await cluster.start()
+
+    await cluster.wait_leader()
+    assert encode_state(await cluster.wait_applied(1 + len(history))) == before
+    drop = DropSuspicion(id="drop-m3", at=104.0, target="m3", incarnation=1, reason="timeout")
+    assert await cluster.nodes["m2"].submit(drop, SUBMIT_S) == COMMITTED
+    assert (await cluster.wait_applied(2 + len(history))).suspicions == ()
 
 
 # ------------------------------------------------------------------ hostile peers

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -19,9 +19,12 @@ from consensus.commands import (
     Bootstrap,
     Command,
     CommandDecodeError,
+    DropSuspicion,
     MarkServerFailed,
     ReleaseSlot,
     RenewLease,
+    ReportProbe,
+    ReturnServer,
     ServerSpec,
     ServerUp,
     SlotServing,
@@ -30,14 +33,17 @@ from consensus.commands import (
     encode_command,
 )
 from consensus.machine import CommandRejected, apply, apply_payload
+from consensus.membership import MAX_EVIDENCE_KEYS
 from consensus.state import (
     MAX_DECISIONS,
     MAX_REMEMBERED_COMMANDS,
     ClusterState,
     Decision,
+    ProbeReport,
     ServerRecord,
     SlotRecord,
     StateDecodeError,
+    Suspicion,
     decode_state,
     encode_state,
 )
@@ -129,41 +135,88 @@ def release(slot: str, owner: str, epoch: int) -> ReleaseSlot:
     )
 
 
+def probe(
+    observer: str,
+    target: str,
+    incarnation: int,
+    *,
+    reachable: bool = False,
+    cid: str | None = None,
+    **evidence: Any,
+) -> ReportProbe:
+    return ReportProbe(
+        id=cid or f"probe-{observer}-{target}-{incarnation}-{reachable}",
+        at=107.0,
+        observer=observer,
+        target=target,
+        incarnation=incarnation,
+        reachable=reachable,
+        evidence=evidence,
+    )
+
+
+def drop(target: str, incarnation: int, cid: str | None = None) -> DropSuspicion:
+    return DropSuspicion(
+        id=cid or f"drop-{target}-{incarnation}",
+        at=108.0,
+        target=target,
+        incarnation=incarnation,
+        reason="suspicion window passed",
+    )
+
+
+def return_server(server: str, cid: str | None = None) -> ReturnServer:
+    return ReturnServer(
+        id=cid or f"return-{server}", at=109.0, server=server, reason="disk replaced"
+    )
+
+
+def report_down(observer: str, **evidence: Any) -> ProbeReport:
+    """The report `probe(observer, ..., reachable=False, **evidence)` leaves in a suspicion."""
+    return ProbeReport(observer, False, 107.0, evidence)
+
+
+def report_up(observer: str, **evidence: Any) -> ProbeReport:
+    return ProbeReport(observer, True, 107.0, evidence)
+
+
 EMPTY = ClusterState()
 BOOTED = run(EMPTY, BOOT)  # decision d000001
 ALL_UP = run(BOOTED, up("m1", 1), up("m2", 1), up("m3", 1))  # d000002..d000004
-M2_FAILED = run(ALL_UP, fail("m2", 1))  # d000005
+M2_FAILED = run(ALL_UP, fail("m2", 1))  # d000005; s2 lost
 S1_SERVING = run(ALL_UP, serving("s1", "m1", 1))
 S1_RELEASED = run(ALL_UP, release("s1", "m1", 1))  # d000005
-S1_EPOCH_2 = run(ALL_UP, assign("s1", "m3", 2))  # d000005
-M3_QUARANTINED = dataclasses.replace(
-    ALL_UP,
-    servers=tuple(
-        dataclasses.replace(s, state="quarantined") if s.name == "m3" else s for s in ALL_UP.servers
-    ),
-)
+S1_EPOCH_2 = run(ALL_UP, assign("s1", "m3", 2))  # d000005; m3 active from here on
+M3_QUARANTINED = run(ALL_UP, fail("m3", 1), up("m3", 2))  # d000005, d000006
+M2_SUSPECTED = run(ALL_UP, probe("m1", "m2", 1))  # d000005: m1 cannot reach m2
+M2_DISPUTED = run(M2_SUSPECTED, probe("m3", "m2", 1, reachable=True))  # m3 can
 
 
 def expected(
     start: ClusterState,
     command: Command,
     *,
-    server: ServerRecord | None = None,
-    slot: SlotRecord | None = None,
+    servers: Sequence[ServerRecord] = (),
+    slots: Sequence[SlotRecord] = (),
+    suspicions: tuple[Suspicion, ...] | None = None,
     decision: Decision | None = None,
 ) -> ClusterState:
-    """`start` with one record replaced, one decision added and the command counted."""
+    """`start` with records replaced, suspicions set, one decision added and the command counted."""
     state = dataclasses.replace(
         start,
         applied=start.applied + 1,
         recent_commands=(*start.recent_commands, command.id),
     )
-    if server is not None:
-        servers = tuple(server if s.name == server.name else s for s in start.servers)
-        state = dataclasses.replace(state, servers=servers)
-    if slot is not None:
-        slots = tuple(slot if s.name == slot.name else s for s in start.slots)
-        state = dataclasses.replace(state, slots=slots)
+    for server in servers:
+        assert start.server(server.name) is not None, server.name
+        replaced = tuple(server if s.name == server.name else s for s in state.servers)
+        state = dataclasses.replace(state, servers=replaced)
+    for slot in slots:
+        assert start.slot(slot.name) is not None, slot.name
+        replaced_slots = tuple(slot if s.name == slot.name else s for s in state.slots)
+        state = dataclasses.replace(state, slots=replaced_slots)
+    if suspicions is not None:
+        state = dataclasses.replace(state, suspicions=suspicions)
     if decision is not None:
         state = dataclasses.replace(
             state,
@@ -230,14 +283,27 @@ def test_bootstrap_creates_the_initial_state() -> None:
     assert state.slots_owned_by("m1") == (slot_of(state, "s1"),)
 
 
+M2_RETURNED = run(M2_FAILED, return_server("m2"))  # d000006: spare, new, still owns lost s2
+M1_OWNS_BOTH = run(ALL_UP, release("s2", "m2", 1), assign("s2", "m1", 2))  # d000005, d000006
+SIXTEEN: dict[str, Any] = {f"k{n:02d}": n for n in range(MAX_EVIDENCE_KEYS)}
+
+S1 = SlotRecord("s1", ("acme",), "m1", 1, "assigned", None, 5.0, 0)
+S2 = SlotRecord("s2", ("globex", "initech"), "m2", 1, "assigned", None, 5.0, 0)
+
+
+def lost(slot: SlotRecord) -> SlotRecord:
+    return dataclasses.replace(slot, state="lost", address=None)
+
+
 ACCEPTED = [
+    # -- server_up
     pytest.param(
         BOOTED,
         up("m1", 1),
         lambda s, c: expected(
             s,
             c,
-            server=ServerRecord("m1", "active", "rack-a", state="up", incarnation=1),
+            servers=[ServerRecord("m1", "active", "rack-a", state="up", incarnation=1)],
             decision=Decision(
                 "d000002", "server_up", 101.0, "m1", {"incarnation": 1, "previous_state": "new"}
             ),
@@ -245,31 +311,116 @@ ACCEPTED = [
         id="server_up-new-to-up",
     ),
     pytest.param(
+        ALL_UP,
+        up("m1", 2),
+        lambda s, c: expected(
+            s,
+            c,
+            servers=[ServerRecord("m1", "active", "rack-a", state="up", incarnation=2)],
+            decision=Decision(
+                "d000005", "server_up", 101.0, "m1", {"incarnation": 2, "previous_state": "up"}
+            ),
+        ),
+        id="server_up-restart-without-suspicion",
+    ),
+    pytest.param(
+        M2_DISPUTED,
+        up("m2", 2),
+        lambda s, c: expected(
+            s,
+            c,
+            servers=[ServerRecord("m2", "active", "rack-b", state="up", incarnation=2)],
+            suspicions=(),
+            decision=Decision(
+                "d000006",
+                "server_refuted",
+                101.0,
+                "m2",
+                {"incarnation": 2, "previous_state": "up"},
+            ),
+        ),
+        id="server_up-refutes-the-open-suspicion",
+    ),
+    pytest.param(
+        M2_SUSPECTED,
+        up("m1", 2),
+        lambda s, c: expected(
+            s,
+            c,
+            servers=[ServerRecord("m1", "active", "rack-a", state="up", incarnation=2)],
+            decision=Decision(
+                "d000006", "server_up", 101.0, "m1", {"incarnation": 2, "previous_state": "up"}
+            ),
+        ),
+        id="server_up-leaves-other-suspicions-open",
+    ),
+    pytest.param(
         M2_FAILED,
         up("m2", 2),
         lambda s, c: expected(
             s,
             c,
-            server=ServerRecord("m2", "active", "rack-b", state="up", incarnation=2),
+            servers=[ServerRecord("m2", "active", "rack-b", state="quarantined", incarnation=2)],
             decision=Decision(
-                "d000006", "server_up", 101.0, "m2", {"incarnation": 2, "previous_state": "failed"}
+                "d000006",
+                "server_back_quarantined",
+                101.0,
+                "m2",
+                {"incarnation": 2, "previous_state": "failed"},
             ),
         ),
-        id="server_up-failed-server-returns-with-higher-incarnation",
+        id="server_up-failed-server-comes-back-quarantined",
     ),
+    pytest.param(
+        M3_QUARANTINED,
+        up("m3", 3),
+        lambda s, c: expected(
+            s,
+            c,
+            servers=[ServerRecord("m3", "spare", "rack-c", state="quarantined", incarnation=3)],
+            decision=Decision(
+                "d000007",
+                "server_back_quarantined",
+                101.0,
+                "m3",
+                {"incarnation": 3, "previous_state": "quarantined"},
+            ),
+        ),
+        id="server_up-quarantined-stays-quarantined",
+    ),
+    pytest.param(
+        M2_RETURNED,
+        up("m2", 2),
+        lambda s, c: expected(
+            s,
+            c,
+            servers=[ServerRecord("m2", "spare", "rack-b", state="up", incarnation=2)],
+            decision=Decision(
+                "d000007", "server_up", 101.0, "m2", {"incarnation": 2, "previous_state": "new"}
+            ),
+        ),
+        id="server_up-returned-server-joins-the-pool",
+    ),
+    # -- mark_server_failed
     pytest.param(
         ALL_UP,
         fail("m2", 1, probe="timeout", witnesses=["m1", "m3"]),
         lambda s, c: expected(
             s,
             c,
-            server=ServerRecord("m2", "active", "rack-b", state="failed", incarnation=1),
+            servers=[ServerRecord("m2", "active", "rack-b", state="failed", incarnation=1)],
+            slots=[lost(S2)],
             decision=Decision(
                 "d000005",
                 "server_failed",
                 102.0,
                 "m2",
-                {"incarnation": 1, "probe": "timeout", "witnesses": ["m1", "m3"]},
+                {
+                    "incarnation": 1,
+                    "slots_lost": ["s2"],
+                    "probe": "timeout",
+                    "witnesses": ["m1", "m3"],
+                },
             ),
         ),
         id="mark_server_failed-at-current-incarnation",
@@ -280,18 +431,138 @@ ACCEPTED = [
         lambda s, c: expected(
             s,
             c,
-            server=ServerRecord("m2", "active", "rack-b", state="failed", incarnation=0),
-            decision=Decision("d000002", "server_failed", 102.0, "m2", {"incarnation": 0}),
+            servers=[ServerRecord("m2", "active", "rack-b", state="failed", incarnation=0)],
+            slots=[lost(S2)],
+            decision=Decision(
+                "d000002",
+                "server_failed",
+                102.0,
+                "m2",
+                {"incarnation": 0, "slots_lost": ["s2"]},
+            ),
         ),
         id="mark_server_failed-a-server-that-never-came-up",
     ),
+    pytest.param(
+        ALL_UP,
+        fail("m2", 3),
+        lambda s, c: expected(
+            s,
+            c,
+            servers=[ServerRecord("m2", "active", "rack-b", state="failed", incarnation=3)],
+            slots=[lost(S2)],
+            decision=Decision(
+                "d000005",
+                "server_failed",
+                102.0,
+                "m2",
+                {"incarnation": 3, "slots_lost": ["s2"]},
+            ),
+        ),
+        id="mark_server_failed-newer-incarnation-is-kept",
+    ),
+    pytest.param(
+        run(S1_SERVING, renew("s1", "m1", 1)),
+        fail("m1", 1),
+        lambda s, c: expected(
+            s,
+            c,
+            servers=[ServerRecord("m1", "active", "rack-a", state="failed", incarnation=1)],
+            # The lease count stays: the leader measures the lease from the last renewal.
+            slots=[SlotRecord("s1", ("acme",), "m1", 1, "lost", None, 5.0, 1)],
+            decision=Decision(
+                "d000005",
+                "server_failed",
+                102.0,
+                "m1",
+                {"incarnation": 1, "slots_lost": ["s1"]},
+            ),
+        ),
+        id="mark_server_failed-serving-slot-is-lost",
+    ),
+    pytest.param(
+        M1_OWNS_BOTH,
+        fail("m1", 1),
+        lambda s, c: expected(
+            s,
+            c,
+            servers=[ServerRecord("m1", "active", "rack-a", state="failed", incarnation=1)],
+            slots=[
+                lost(S1),
+                SlotRecord("s2", ("globex", "initech"), "m1", 2, "lost", None, 5.0, 0),
+            ],
+            decision=Decision(
+                "d000007",
+                "server_failed",
+                102.0,
+                "m1",
+                {"incarnation": 1, "slots_lost": ["s1", "s2"]},
+            ),
+        ),
+        id="mark_server_failed-every-held-slot-is-lost",
+    ),
+    pytest.param(
+        S1_RELEASED,
+        fail("m1", 1),
+        lambda s, c: expected(
+            s,
+            c,
+            servers=[ServerRecord("m1", "active", "rack-a", state="failed", incarnation=1)],
+            decision=Decision(
+                "d000006",
+                "server_failed",
+                102.0,
+                "m1",
+                {"incarnation": 1, "slots_lost": []},
+            ),
+        ),
+        id="mark_server_failed-released-slot-stays-released",
+    ),
+    pytest.param(
+        M2_DISPUTED,
+        fail("m2", 1),
+        lambda s, c: expected(
+            s,
+            c,
+            servers=[ServerRecord("m2", "active", "rack-b", state="failed", incarnation=1)],
+            slots=[lost(S2)],
+            suspicions=(),
+            decision=Decision(
+                "d000006",
+                "server_failed",
+                102.0,
+                "m2",
+                {"incarnation": 1, "slots_lost": ["s2"]},
+            ),
+        ),
+        id="mark_server_failed-closes-the-suspicion",
+    ),
+    pytest.param(
+        M2_RETURNED,
+        fail("m2", 1, cid="fail-m2-again"),
+        lambda s, c: expected(
+            s,
+            c,
+            servers=[ServerRecord("m2", "spare", "rack-b", state="failed", incarnation=1)],
+            decision=Decision(
+                "d000007",
+                "server_failed",
+                102.0,
+                "m2",
+                {"incarnation": 1, "slots_lost": []},
+            ),
+        ),
+        id="mark_server_failed-returned-server-that-never-joined",
+    ),
+    # -- assign_slot
     pytest.param(
         ALL_UP,
         assign("s1", "m3", 2, load=0.5),
         lambda s, c: expected(
             s,
             c,
-            slot=SlotRecord("s1", ("acme",), "m3", 2, "assigned", None, 5.0, 0),
+            servers=[ServerRecord("m3", "active", "rack-c", state="up", incarnation=1)],
+            slots=[SlotRecord("s1", ("acme",), "m3", 2, "assigned", None, 5.0, 0)],
             decision=Decision(
                 "d000005",
                 "slot_assigned",
@@ -300,7 +571,7 @@ ACCEPTED = [
                 {"previous_owner": "m1", "epoch": 2, "reason": "owner failed", "load": 0.5},
             ),
         ),
-        id="assign_slot-next-epoch",
+        id="assign_slot-next-epoch-to-a-spare-makes-it-active",
     ),
     pytest.param(
         run(S1_SERVING, renew("s1", "m1", 1)),
@@ -308,7 +579,8 @@ ACCEPTED = [
         lambda s, c: expected(
             s,
             c,
-            slot=SlotRecord("s1", ("acme",), "m3", 2, "assigned", None, 5.0, 0),
+            servers=[ServerRecord("m3", "active", "rack-c", state="up", incarnation=1)],
+            slots=[SlotRecord("s1", ("acme",), "m3", 2, "assigned", None, 5.0, 0)],
             decision=Decision(
                 "d000005",
                 "slot_assigned",
@@ -325,7 +597,7 @@ ACCEPTED = [
         lambda s, c: expected(
             s,
             c,
-            slot=SlotRecord("s1", ("acme",), "m2", 2, "assigned", None, 5.0, 0),
+            slots=[SlotRecord("s1", ("acme",), "m2", 2, "assigned", None, 5.0, 0)],
             decision=Decision(
                 "d000006",
                 "slot_assigned",
@@ -334,13 +606,50 @@ ACCEPTED = [
                 {"previous_owner": "m1", "epoch": 2, "reason": "owner failed"},
             ),
         ),
-        id="assign_slot-released-slot",
+        id="assign_slot-released-slot-to-an-active-server",
     ),
+    pytest.param(
+        M2_FAILED,
+        assign("s2", "m3", 2),
+        lambda s, c: expected(
+            s,
+            c,
+            servers=[ServerRecord("m3", "active", "rack-c", state="up", incarnation=1)],
+            slots=[SlotRecord("s2", ("globex", "initech"), "m3", 2, "assigned", None, 5.0, 0)],
+            decision=Decision(
+                "d000006",
+                "slot_assigned",
+                103.0,
+                "s2",
+                {"previous_owner": "m2", "epoch": 2, "reason": "owner failed"},
+            ),
+        ),
+        id="assign_slot-lost-slot",
+    ),
+    pytest.param(
+        run(M3_QUARANTINED, return_server("m3")),
+        assign("s1", "m3", 2),
+        lambda s, c: expected(
+            s,
+            c,
+            servers=[ServerRecord("m3", "active", "rack-c", state="up", incarnation=2)],
+            slots=[SlotRecord("s1", ("acme",), "m3", 2, "assigned", None, 5.0, 0)],
+            decision=Decision(
+                "d000008",
+                "slot_assigned",
+                103.0,
+                "s1",
+                {"previous_owner": "m1", "epoch": 2, "reason": "owner failed"},
+            ),
+        ),
+        id="assign_slot-to-a-returned-server",
+    ),
+    # -- slot_serving, renew_lease, release_slot
     pytest.param(
         ALL_UP,
         serving("s1", "m1", 1),
         lambda s, c: expected(
-            s, c, slot=SlotRecord("s1", ("acme",), "m1", 1, "serving", "10.0.0.1:8080", 5.0, 0)
+            s, c, slots=[SlotRecord("s1", ("acme",), "m1", 1, "serving", "10.0.0.1:8080", 5.0, 0)]
         ),
         id="slot_serving-no-decision",
     ),
@@ -348,7 +657,7 @@ ACCEPTED = [
         S1_SERVING,
         serving("s1", "m1", 1, address="10.0.0.9:8080"),
         lambda s, c: expected(
-            s, c, slot=SlotRecord("s1", ("acme",), "m1", 1, "serving", "10.0.0.9:8080", 5.0, 0)
+            s, c, slots=[SlotRecord("s1", ("acme",), "m1", 1, "serving", "10.0.0.9:8080", 5.0, 0)]
         ),
         id="slot_serving-new-address",
     ),
@@ -356,7 +665,7 @@ ACCEPTED = [
         S1_SERVING,
         renew("s1", "m1", 1),
         lambda s, c: expected(
-            s, c, slot=SlotRecord("s1", ("acme",), "m1", 1, "serving", "10.0.0.1:8080", 5.0, 1)
+            s, c, slots=[SlotRecord("s1", ("acme",), "m1", 1, "serving", "10.0.0.1:8080", 5.0, 1)]
         ),
         id="renew_lease-counts-renewals",
     ),
@@ -364,9 +673,17 @@ ACCEPTED = [
         ALL_UP,
         renew("s1", "m1", 1),
         lambda s, c: expected(
-            s, c, slot=SlotRecord("s1", ("acme",), "m1", 1, "assigned", None, 5.0, 1)
+            s, c, slots=[SlotRecord("s1", ("acme",), "m1", 1, "assigned", None, 5.0, 1)]
         ),
         id="renew_lease-before-serving",
+    ),
+    pytest.param(
+        M2_SUSPECTED,
+        renew("s2", "m2", 1),
+        lambda s, c: expected(
+            s, c, slots=[SlotRecord("s2", ("globex", "initech"), "m2", 1, "assigned", None, 5.0, 1)]
+        ),
+        id="renew_lease-while-suspected",
     ),
     pytest.param(
         S1_SERVING,
@@ -374,7 +691,7 @@ ACCEPTED = [
         lambda s, c: expected(
             s,
             c,
-            slot=SlotRecord("s1", ("acme",), "m1", 1, "released", None, 5.0, 0),
+            slots=[SlotRecord("s1", ("acme",), "m1", 1, "released", None, 5.0, 0)],
             decision=Decision(
                 "d000005",
                 "slot_released",
@@ -384,6 +701,203 @@ ACCEPTED = [
             ),
         ),
         id="release_slot",
+    ),
+    # -- report_probe
+    pytest.param(
+        ALL_UP,
+        probe("m1", "m2", 1, probe="timeout"),
+        lambda s, c: expected(
+            s,
+            c,
+            suspicions=(Suspicion("m2", 1, 107.0, (report_down("m1", probe="timeout"),)),),
+            decision=Decision(
+                "d000005",
+                "server_suspected",
+                107.0,
+                "m2",
+                {"observer": "m1", "incarnation": 1, "probe": "timeout"},
+            ),
+        ),
+        id="report_probe-unreachable-opens-a-suspicion",
+    ),
+    pytest.param(
+        ALL_UP,
+        probe("m1", "m2", 3),
+        lambda s, c: expected(
+            s,
+            c,
+            suspicions=(Suspicion("m2", 1, 107.0, (report_down("m1"),)),),
+            decision=Decision(
+                "d000005",
+                "server_suspected",
+                107.0,
+                "m2",
+                {"observer": "m1", "incarnation": 1},
+            ),
+        ),
+        id="report_probe-newer-incarnation-suspects-the-agreed-one",
+    ),
+    pytest.param(
+        ALL_UP,
+        probe("m1", "m2", 1, **SIXTEEN),
+        lambda s, c: expected(
+            s,
+            c,
+            suspicions=(Suspicion("m2", 1, 107.0, (report_down("m1", **SIXTEEN),)),),
+            decision=Decision(
+                "d000005",
+                "server_suspected",
+                107.0,
+                "m2",
+                {"observer": "m1", "incarnation": 1, **SIXTEEN},
+            ),
+        ),
+        id="report_probe-evidence-at-the-key-limit",
+    ),
+    pytest.param(
+        M2_SUSPECTED,
+        probe("m1", "m3", 1),
+        lambda s, c: expected(
+            s,
+            c,
+            suspicions=(
+                Suspicion("m2", 1, 107.0, (report_down("m1"),)),
+                Suspicion("m3", 1, 107.0, (report_down("m1"),)),
+            ),
+            decision=Decision(
+                "d000006",
+                "server_suspected",
+                107.0,
+                "m3",
+                {"observer": "m1", "incarnation": 1},
+            ),
+        ),
+        id="report_probe-a-second-target",
+    ),
+    pytest.param(
+        M2_SUSPECTED,
+        probe("m3", "m2", 1, reachable=True),
+        lambda s, c: expected(
+            s,
+            c,
+            suspicions=(Suspicion("m2", 1, 107.0, (report_down("m1"), report_up("m3"))),),
+        ),
+        id="report_probe-reachable-joins-without-a-decision",
+    ),
+    pytest.param(
+        M2_SUSPECTED,
+        probe("m3", "m2", 2),
+        lambda s, c: expected(
+            s,
+            c,
+            suspicions=(Suspicion("m2", 1, 107.0, (report_down("m1"), report_down("m3"))),),
+        ),
+        id="report_probe-unreachable-joins-at-a-newer-incarnation",
+    ),
+    pytest.param(
+        M2_DISPUTED,
+        probe("m1", "m2", 1, reachable=True),
+        lambda s, c: expected(
+            s,
+            c,
+            suspicions=(Suspicion("m2", 1, 107.0, (report_up("m3"), report_up("m1"))),),
+        ),
+        id="report_probe-replaces-the-observers-previous-report",
+    ),
+    # -- drop_suspicion
+    pytest.param(
+        M2_DISPUTED,
+        drop("m2", 1),
+        lambda s, c: expected(
+            s,
+            c,
+            suspicions=(),
+            decision=Decision(
+                "d000006",
+                "suspicion_dropped",
+                108.0,
+                "m2",
+                {
+                    "reason": "suspicion window passed",
+                    "unreachable_by": ["m1"],
+                    "reachable_by": ["m3"],
+                },
+            ),
+        ),
+        id="drop_suspicion",
+    ),
+    pytest.param(
+        run(M2_SUSPECTED, probe("m2", "m3", 1)),
+        drop("m2", 1),
+        lambda s, c: expected(
+            s,
+            c,
+            suspicions=(Suspicion("m3", 1, 107.0, (report_down("m2"),)),),
+            decision=Decision(
+                "d000007",
+                "suspicion_dropped",
+                108.0,
+                "m2",
+                {
+                    "reason": "suspicion window passed",
+                    "unreachable_by": ["m1"],
+                    "reachable_by": [],
+                },
+            ),
+        ),
+        id="drop_suspicion-leaves-the-others",
+    ),
+    # -- return_server
+    pytest.param(
+        M2_FAILED,
+        return_server("m2"),
+        lambda s, c: expected(
+            s,
+            c,
+            servers=[ServerRecord("m2", "spare", "rack-b", state="new", incarnation=1)],
+            decision=Decision(
+                "d000006",
+                "server_returned",
+                109.0,
+                "m2",
+                {"reason": "disk replaced", "previous_state": "failed", "state": "new"},
+            ),
+        ),
+        id="return_server-failed-waits-for-its-agent",
+    ),
+    pytest.param(
+        M3_QUARANTINED,
+        return_server("m3"),
+        lambda s, c: expected(
+            s,
+            c,
+            servers=[ServerRecord("m3", "spare", "rack-c", state="up", incarnation=2)],
+            decision=Decision(
+                "d000007",
+                "server_returned",
+                109.0,
+                "m3",
+                {"reason": "disk replaced", "previous_state": "quarantined", "state": "up"},
+            ),
+        ),
+        id="return_server-quarantined-is-up-at-once",
+    ),
+    pytest.param(
+        run(M2_FAILED, up("m2", 2)),
+        return_server("m2"),
+        lambda s, c: expected(
+            s,
+            c,
+            servers=[ServerRecord("m2", "spare", "rack-b", state="up", incarnation=2)],
+            decision=Decision(
+                "d000007",
+                "server_returned",
+                109.0,
+                "m2",
+                {"reason": "disk replaced", "previous_state": "quarantined", "state": "up"},
+            ),
+        ),
+        id="return_server-an-active-server-becomes-a-spare",
     ),
 ]
 
@@ -420,6 +934,9 @@ REJECTED = [
             serving("s1", "m1", 1),
             renew("s1", "m1", 1),
             release("s1", "m1", 1),
+            probe("m1", "m2", 0),
+            drop("m2", 0),
+            return_server("m2"),
         )
     ),
     # -- bootstrap
@@ -478,6 +995,19 @@ REJECTED = [
     pytest.param(
         ALL_UP, release("s9", "m1", 1), "unknown slot 's9'", False, id="release_slot-unknown"
     ),
+    pytest.param(
+        ALL_UP, probe("m1", "m9", 1), "unknown server 'm9'", False, id="report_probe-unknown-target"
+    ),
+    pytest.param(
+        ALL_UP,
+        probe("m9", "m1", 1),
+        "unknown server 'm9'",
+        False,
+        id="report_probe-unknown-observer",
+    ),
+    pytest.param(
+        ALL_UP, return_server("m9"), "unknown server 'm9'", False, id="return_server-unknown"
+    ),
     # -- server_up
     pytest.param(
         ALL_UP,
@@ -494,7 +1024,18 @@ REJECTED = [
         id="server_up-lower-incarnation",
     ),
     pytest.param(
-        M3_QUARANTINED, up("m3", 2), "m3 is quarantined", False, id="server_up-quarantined"
+        M3_QUARANTINED,
+        up("m3", 2, cid="up-again"),
+        "not newer than 2",
+        True,
+        id="server_up-quarantined-at-the-same-incarnation",
+    ),
+    pytest.param(
+        M2_RETURNED,
+        up("m2", 1, cid="up-again"),
+        "not newer than 1",
+        True,
+        id="server_up-returned-at-the-failed-incarnation",
     ),
     # -- mark_server_failed
     pytest.param(
@@ -513,10 +1054,24 @@ REJECTED = [
     ),
     pytest.param(
         M3_QUARANTINED,
-        fail("m3", 1),
+        fail("m3", 2, cid="fail-again"),
         "m3 is already quarantined",
         True,
         id="mark_server_failed-quarantined",
+    ),
+    pytest.param(
+        M3_QUARANTINED,
+        fail("m3", 1, cid="fail-again"),
+        "refuted with incarnation 2",
+        True,
+        id="mark_server_failed-quarantined-at-its-failed-incarnation",
+    ),
+    pytest.param(
+        M2_FAILED,
+        fail("m2", 5),
+        "m2 is already failed",
+        True,
+        id="mark_server_failed-already-failed-newer-incarnation",
     ),
     # -- assign_slot
     pytest.param(
@@ -553,6 +1108,20 @@ REJECTED = [
         "m3 is quarantined and cannot own a slot",
         False,
         id="assign_slot-to-quarantined-server",
+    ),
+    pytest.param(
+        BOOTED,
+        assign("s1", "m3", 2),
+        "m3 is new and cannot own a slot",
+        False,
+        id="assign_slot-to-new-server",
+    ),
+    pytest.param(
+        M2_RETURNED,
+        assign("s1", "m2", 2),
+        "m2 is new and cannot own a slot",
+        False,
+        id="assign_slot-to-returned-server-before-it-joins",
     ),
     # -- slot_serving / renew_lease / release_slot: owner and epoch fencing
     *(
@@ -621,6 +1190,133 @@ REJECTED = [
         True,
         id="release_slot-twice",
     ),
+    # -- slot_serving / renew_lease / release_slot: a lost slot, an owner that is not up
+    *(
+        case
+        for kind, make in (("slot_serving", serving), ("renew_lease", renew))
+        for case in (
+            pytest.param(
+                M2_FAILED, make("s2", "m2", 1), "s2 was lost at epoch 1", False, id=f"{kind}-lost"
+            ),
+            pytest.param(
+                run(M2_RETURNED, up("m2", 2)),
+                make("s2", "m2", 1),
+                "s2 was lost at epoch 1",
+                False,
+                id=f"{kind}-lost-stays-lost-after-return",
+            ),
+            pytest.param(
+                BOOTED, make("s1", "m1", 1), "owner m1 of s1 is new", False, id=f"{kind}-owner-new"
+            ),
+        )
+    ),
+    pytest.param(
+        M2_FAILED, release("s2", "m2", 1), "s2 is already lost", True, id="release_slot-lost"
+    ),
+    # -- report_probe
+    pytest.param(
+        ALL_UP,
+        probe("m1", "m1", 1),
+        "a server does not report on itself",
+        False,
+        id="report_probe-on-itself",
+    ),
+    pytest.param(BOOTED, probe("m1", "m2", 0), "m2 is new", True, id="report_probe-target-new"),
+    pytest.param(
+        M2_FAILED, probe("m1", "m2", 1), "m2 is failed", True, id="report_probe-target-failed"
+    ),
+    pytest.param(
+        M3_QUARANTINED,
+        probe("m1", "m3", 2),
+        "m3 is quarantined",
+        True,
+        id="report_probe-target-quarantined",
+    ),
+    pytest.param(
+        run(ALL_UP, up("m2", 2)),
+        probe("m1", "m2", 1),
+        "m2 is at incarnation 2",
+        True,
+        id="report_probe-target-refuted",
+    ),
+    pytest.param(
+        ALL_UP,
+        probe("m1", "m2", 1, reachable=True),
+        "no suspicion of m2",
+        True,
+        id="report_probe-reachable-without-suspicion",
+    ),
+    pytest.param(
+        ALL_UP,
+        probe("m1", "m2", 1, **SIXTEEN, one_more=1),
+        f"evidence has more than {MAX_EVIDENCE_KEYS} keys",
+        False,
+        id="report_probe-too-much-evidence",
+    ),
+    pytest.param(
+        M2_SUSPECTED,
+        probe("m3", "m2", 1, **SIXTEEN, one_more=1),
+        f"evidence has more than {MAX_EVIDENCE_KEYS} keys",
+        False,
+        id="report_probe-too-much-evidence-joining",
+    ),
+    # -- drop_suspicion
+    pytest.param(
+        ALL_UP, drop("m2", 1), "no such suspicion of m2", True, id="drop_suspicion-none-open"
+    ),
+    pytest.param(
+        ALL_UP, drop("m9", 1), "no such suspicion of m9", True, id="drop_suspicion-unknown-target"
+    ),
+    pytest.param(
+        M2_SUSPECTED,
+        drop("m2", 0),
+        "no such suspicion of m2",
+        True,
+        id="drop_suspicion-older-incarnation",
+    ),
+    pytest.param(
+        M2_SUSPECTED,
+        drop("m2", 2),
+        "no such suspicion of m2",
+        True,
+        id="drop_suspicion-newer-incarnation",
+    ),
+    pytest.param(
+        run(M2_SUSPECTED, up("m2", 2)),
+        drop("m2", 1),
+        "no such suspicion of m2",
+        True,
+        id="drop_suspicion-after-refutation",
+    ),
+    pytest.param(
+        run(M2_SUSPECTED, drop("m2", 1)),
+        drop("m2", 1, cid="drop-again"),
+        "no such suspicion of m2",
+        True,
+        id="drop_suspicion-twice",
+    ),
+    # -- return_server
+    pytest.param(
+        ALL_UP,
+        return_server("m1"),
+        "m1 is up, not out of the pool",
+        False,
+        id="return_server-up",
+    ),
+    pytest.param(
+        BOOTED,
+        return_server("m1"),
+        "m1 is new, not out of the pool",
+        False,
+        id="return_server-new",
+    ),
+    pytest.param(
+        M2_RETURNED,
+        return_server("m2", cid="return-again"),
+        "m2 is new, not out of the pool",
+        False,
+        id="return_server-twice",
+    ),
     # -- unsupported version, for every kind (checked before anything else)
     *(
         pytest.param(
@@ -638,6 +1334,9 @@ REJECTED = [
             (ALL_UP, serving("s1", "m1", 1)),
             (ALL_UP, renew("s1", "m1", 1)),
             (S1_SERVING, release("s1", "m1", 1)),
+            (ALL_UP, probe("m1", "m2", 1)),
+            (M2_SUSPECTED, drop("m2", 1)),
+            (M2_FAILED, return_server("m2")),
         )
     ),
 ]
@@ -751,10 +1450,24 @@ def test_decisions_and_remembered_commands_are_capped() -> None:
                 at=102.0,
                 server="m2",
                 incarnation=1,
-                evidence={"incarnation": 7, "probe": "timeout"},
+                evidence={"incarnation": 7, "slots_lost": ["s1"], "probe": "timeout"},
             ),
-            {"incarnation": 1, "probe": "timeout"},
+            {"incarnation": 1, "slots_lost": ["s2"], "probe": "timeout"},
             id="mark_server_failed",
+        ),
+        pytest.param(
+            ALL_UP,
+            ReportProbe(
+                id="probe-lying",
+                at=107.0,
+                observer="m1",
+                target="m2",
+                incarnation=1,
+                reachable=False,
+                evidence={"observer": "m3", "incarnation": 7, "rtt": "timeout"},
+            ),
+            {"observer": "m1", "incarnation": 1, "rtt": "timeout"},
+            id="report_probe",
         ),
     ],
 )
@@ -766,7 +1479,7 @@ def test_recorded_facts_win_over_submitter_evidence(
 
 def test_a_failed_verdict_keeps_the_highest_incarnation_seen() -> None:
     """Observers saw incarnation 2 before its ServerUp was committed: that life is failed, and
-    only a restart with a higher incarnation brings the server back."""
+    only a restart with a higher incarnation is heard from again, and then only quarantined."""
     failed = run(ALL_UP, fail("m2", 2))
     assert server_of(failed, "m2") == ServerRecord("m2", "active", "rack-b", "failed", 2)
 
@@ -774,7 +1487,50 @@ def test_a_failed_verdict_keeps_the_highest_incarnation_seen() -> None:
         apply(failed, up("m2", 2))
 
     assert raised.value.stale
-    assert server_of(run(failed, up("m2", 3)), "m2").state == "up"
+    back = run(failed, up("m2", 3))
+    assert server_of(back, "m2") == ServerRecord("m2", "active", "rack-b", "quarantined", 3)
+
+
+def test_a_failed_server_is_replaced_and_returns_only_as_a_spare() -> None:
+    """The whole story of one failure, as the leader and the agents would commit it."""
+    suspected = run(ALL_UP, serving("s2", "m2", 1), probe("m1", "m2", 1))
+    confirmed = run(suspected, probe("m3", "m2", 1))
+    assert confirmed.suspicion("m2") == Suspicion(
+        "m2", 1, 107.0, (report_down("m1"), report_down("m3"))
+    )
+
+    failed = run(confirmed, fail("m2", 1, unreachable_by=["m1", "m3"]))
+    assert failed.suspicions == ()
+    assert slot_of(failed, "s2") == SlotRecord(
+        "s2", ("globex", "initech"), "m2", 1, "lost", None, 5.0, 0
+    )
+    # The failed owner can renew nothing: its lease runs out and fences it.
+    for refused in (renew("s2", "m2", 1), serving("s2", "m2", 1, "10.0.0.2:8080")):
+        with pytest.raises(CommandRejected, match="s2 was lost at epoch 1"):
+            apply(failed, refused)
+
+    replaced = run(failed, assign("s2", "m3", 2), serving("s2", "m3", 2, "10.0.0.3:8080"))
+    assert server_of(replaced, "m3").role == "active"
+    assert slot_of(replaced, "s2").address == "10.0.0.3:8080"
+
+    # The old agent restarts: it is quarantined and its old epoch is fenced.
+    back = run(replaced, up("m2", 2))
+    assert server_of(back, "m2").state == "quarantined"
+    with pytest.raises(CommandRejected, match="epoch 1 is older than 2") as raised:
+        apply(back, renew("s2", "m2", 1, cid="renew-after-restart"))
+    assert raised.value.stale
+    with pytest.raises(CommandRejected, match="m2 is quarantined and cannot own a slot"):
+        apply(back, assign("s1", "m2", 2))
+
+    returned = run(back, return_server("m2"))
+    assert server_of(returned, "m2") == ServerRecord("m2", "spare", "rack-b", "up", 2)
+    assert [d.kind for d in returned.decisions[len(ALL_UP.decisions) :]] == [
+        "server_suspected",
+        "server_failed",
+        "slot_assigned",
+        "server_back_quarantined",
+        "server_returned",
+    ]
 
 
 @pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e999"])
@@ -890,22 +1646,57 @@ commands: st.SearchStrategy[Command] = st.one_of(
         reason=reasons,
         version=versions,
     ),
+    st.builds(
+        ReportProbe,
+        id=ids,
+        at=ats,
+        observer=servers,
+        target=servers,
+        incarnation=small,
+        reachable=st.booleans(),
+        evidence=evidence,
+        version=versions,
+    ),
+    st.builds(
+        DropSuspicion,
+        id=ids,
+        at=ats,
+        target=servers,
+        incarnation=small,
+        reason=reasons,
+        version=versions,
+    ),
+    st.builds(ReturnServer, id=ids, at=ats, server=servers, reason=reasons, version=versions),
 )
 
 
+# Weighted so that servers stay up long enough to be suspected, and slots to be served.
+AIMED_KINDS = ("up", "up", "fail", "assign", "drop", "drop", "return") + ("claim", "probe") * 3
+
+
 def aimed(state: ClusterState, draw: st.DrawFn) -> Command | None:
-    """A command aimed at the current state (right epoch and owner, off by one at times)."""
-    if not state.servers or not state.slots:
+    """A command aimed at the current state (right epoch, owner and incarnation, off by one at
+    times)."""
+    if not state.servers:
         return None
-    server = draw(st.sampled_from(state.servers))
-    slot = draw(st.sampled_from(state.slots))
+    suspected = [s for s in state.servers if state.suspicion(s.name) is not None]
+    # A third of the time about a suspected server: to refute, fail, join or drop it.
+    if suspected and not draw(st.integers(0, 2)):
+        server = draw(st.sampled_from(suspected))
+    else:
+        server = draw(st.sampled_from(state.servers))
     common: dict[str, Any] = {"id": draw(ids), "at": draw(ats), "version": draw(versions)}
-    kind = draw(st.sampled_from(["up", "fail", "assign", "claim"]))
+    kind = draw(st.sampled_from(AIMED_KINDS))
     if kind == "up":
         return ServerUp(**common, server=server.name, incarnation=server.incarnation + draw(small))
     if kind == "fail":
         incarnation = server.incarnation + draw(st.sampled_from([0, 0, 1, -1]))
         return MarkServerFailed(**common, server=server.name, incarnation=incarnation)
+    if kind in ("probe", "drop", "return"):
+        return aimed_at_membership(state, draw, kind, server, common)
+    if not state.slots:
+        return None
+    slot = draw(st.sampled_from(state.slots))
     if kind == "assign":
         epoch = slot.epoch + draw(st.sampled_from([1, 1, 1, 0, 2]))
         return AssignSlot(
@@ -917,16 +1708,44 @@ def aimed(state: ClusterState, draw: st.DrawFn) -> Command | None:
         "owner": draw(st.sampled_from([slot.owner or server.name] * 3 + [server.name])),
         "epoch": slot.epoch + draw(st.sampled_from([0, 0, 0, 0, 1, -1])),
     }
-    return draw(
-        st.sampled_from(
-            [
-                SlotServing(**claim, address="10.0.0.1:80"),
-                SlotServing(**claim, address="10.0.0.2:80"),
-                RenewLease(**claim),
-                ReleaseSlot(**claim, reason="no disk"),
-            ]
+    claims: list[Command] = [
+        SlotServing(**claim, address="10.0.0.1:80"),
+        SlotServing(**claim, address="10.0.0.2:80"),
+        RenewLease(**claim),
+        ReleaseSlot(**claim, reason="no disk"),
+    ]
+    return draw(st.sampled_from(claims))
+
+
+def aimed_at_membership(
+    state: ClusterState, draw: st.DrawFn, kind: str, server: ServerRecord, common: dict[str, Any]
+) -> Command:
+    """Probe reports, dropped suspicions and returns, mostly about servers they can apply to."""
+    if kind == "probe":
+        up = [s for s in state.servers if s.name != server.name and s.state == "up"]
+        others = up or [s for s in state.servers if s.name != server.name] or [server]
+        return ReportProbe(
+            **common,
+            observer=draw(st.sampled_from(others)).name,
+            target=server.name,
+            incarnation=server.incarnation + draw(st.sampled_from([0, 0, 0, 1, -1])),
+            reachable=draw(st.booleans()),
+            evidence=draw(evidence),
         )
-    )
+    if kind == "drop":
+        suspicion = state.suspicion(server.name)
+        incarnation = server.incarnation if suspicion is None else suspicion.incarnation
+        return DropSuspicion(
+            **common,
+            target=server.name,
+            incarnation=incarnation + draw(st.sampled_from([0, 0, 0, 1, -1])),
+            reason="suspicion window passed",
+        )
+    out = [s for s in state.servers if s.state in ("failed", "quarantined")]
+    target = server
+    if out and draw(small) > 0:  # mostly a server that can be returned
+        target = draw(st.sampled_from(out))
+    return ReturnServer(**common, server=target.name, reason="repaired")
 
 
 @st.composite
@@ -938,6 +1757,9 @@ def histories(draw: st.DrawFn) -> list[str]:
     if draw(st.integers(0, 3)):
         entries.append(encode_command(BOOT))
         state, _ = apply_payload(state, entries[-1])
+        if draw(st.integers(0, 2)):  # most start with every agent joined, as ALL_UP does
+            entries.extend(encode_command(up(s.name, 1)) for s in BOOT.servers)
+            state = replay(entries)[-1]
     for _ in range(draw(st.integers(0, 40))):
         choice = draw(st.integers(0, 9))
         command = aimed(state, draw) if choice < 6 else None
@@ -985,31 +1807,113 @@ def test_replicas_applying_the_same_log_agree(history: list[str]) -> None:
         assert encode_state(previous) == encoded, "apply mutated its input"
 
 
+HELD: tuple[str, ...] = ("assigned", "serving")
+SILENT_KINDS = frozenset({"slot_serving", "renew_lease"})  # accepted without a decision
+
+
+def assert_consistent(state: ClusterState) -> None:
+    """What apply guarantees of every state it produces, whatever the history."""
+    servers = {s.name: s for s in state.servers}
+    for slot in state.slots:
+        assert slot.owner is None or slot.owner in servers
+        assert (slot.address is not None) == (slot.state == "serving")
+        if slot.state in HELD:
+            assert slot.owner is not None
+            owner = servers[slot.owner]
+            # A verdict turns the slots it held into lost ones; nothing hands it new ones.
+            assert owner.state not in ("failed", "quarantined"), (owner, slot)
+            assert owner.role == "active", (owner, slot)
+    targets = [s.target for s in state.suspicions]
+    assert len(set(targets)) == len(targets), "more than one suspicion of a server"
+    for suspicion in state.suspicions:
+        # Failing or refuting closes a suspicion, and nothing else changes an up server.
+        target = servers[suspicion.target]
+        assert (target.state, target.incarnation) == ("up", suspicion.incarnation)
+        observers = [r.observer for r in suspicion.reports]
+        assert observers, "a suspicion without reports"
+        assert len(set(observers)) == len(observers), "two reports from one observer"
+        assert set(observers) <= servers.keys() - {suspicion.target}
+
+
+def assert_step(previous: ClusterState, state: ClusterState, command: Command) -> None:
+    """What one accepted command changes, and what it leaves alone."""
+    assert state.applied == previous.applied + 1
+    assert state.recent_commands[-1] == command.id
+    assert len(set(state.recent_commands)) == len(state.recent_commands)
+    decided = state.decision_seq - previous.decision_seq
+    if command.kind in SILENT_KINDS:
+        assert decided == 0
+    elif isinstance(command, ReportProbe):
+        assert decided == int(previous.suspicion(command.target) is None)
+    else:
+        assert decided == 1
+    assert [d.id for d in state.decisions] == [
+        f"d{seq:06d}"
+        for seq in range(state.decision_seq - len(state.decisions) + 1, state.decision_seq + 1)
+    ]
+    if not previous.bootstrapped:
+        return
+    assert {s.name for s in state.servers} == {s.name for s in previous.servers}
+    assert [s.name for s in state.slots] == [s.name for s in previous.slots]
+    for before in previous.slots:
+        moved = isinstance(command, AssignSlot) and command.slot == before.name
+        assert slot_of(state, before.name).epoch == before.epoch + int(moved)
+    if isinstance(command, MarkServerFailed):
+        held = [s.name for s in previous.slots_owned_by(command.server) if s.state in HELD]
+        assert server_of(state, command.server).state == "failed"
+        assert state.decisions[-1].evidence["slots_lost"] == held
+        assert state.suspicion(command.server) is None
+        assert all(slot_of(state, name).state == "lost" for name in held)
+
+
 @PROPERTY_SETTINGS
 @given(history=histories())
 def test_invariants_hold_after_any_history(history: list[str]) -> None:
     states = replay(history)
     for payload, previous, state in zip(history, states[:-1], states[1:], strict=True):
-        known = {s.name for s in state.servers}
-        for slot in state.slots:
-            assert slot.owner is None or slot.owner in known
+        assert_consistent(state)
         for slot in previous.slots:
             assert slot_of(state, slot.name).epoch >= slot.epoch
         for server in previous.servers:
             assert server_of(state, server.name).incarnation >= server.incarnation
         if state is previous:
             continue  # rejected: nothing else to check
-        assert state.applied == previous.applied + 1
-        assert state.recent_commands[-1] == decode_command(payload).id
-        assert len(set(state.recent_commands)) == len(state.recent_commands)
-        assert state.decision_seq - previous.decision_seq in (0, 1)
-        assert [d.id for d in state.decisions] == [
-            f"d{seq:06d}"
-            for seq in range(state.decision_seq - len(state.decisions) + 1, state.decision_seq + 1)
-        ]
-        if previous.bootstrapped:
-            assert {s.name for s in state.servers} == {s.name for s in previous.servers}
-            assert [s.name for s in state.slots] == [s.name for s in previous.slots]
+        assert_step(previous, state, decode_command(payload))
+
+
+def test_histories_reach_the_new_commands() -> None:
+    """The properties above are only as good as the states the histories reach. Derandomized,
+    so that a change to the strategies, not luck, is what can make this fail."""
+    reached: set[str] = set()
+
+    @settings(
+        max_examples=200,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    @given(history=histories())
+    def collect(history: list[str]) -> None:
+        for state in replay(history):
+            reached.update(d.kind for d in state.decisions)
+            reached.update(f"slot-{s.state}" for s in state.slots)
+            if any(len(s.reports) > 1 for s in state.suspicions):
+                reached.add("suspicion-with-several-reports")
+
+    collect()
+    assert reached >= {
+        "server_suspected",
+        "server_refuted",
+        "server_failed",
+        "server_back_quarantined",
+        "server_returned",
+        "suspicion_dropped",
+        "slot_assigned",
+        "slot-lost",
+        "slot-serving",
+        "suspicion-with-several-reports",
+    }
 
 
 @PROPERTY_SETTINGS
@@ -1051,6 +1955,9 @@ command_kinds = st.sampled_from(
         "slot_serving",
         "renew_lease",
         "release_slot",
+        "report_probe",
+        "drop_suspicion",
+        "return_server",
         "other",
     ]
 )
@@ -1066,7 +1973,10 @@ def mangle(command: Command, drop: str | None, extra: dict[str, Any]) -> dict[st
 mangled_commands = st.builds(
     mangle,
     commands,
-    st.none() | st.sampled_from(["id", "at", "kind", "version", "epoch", "server", "evidence"]),
+    st.none()
+    | st.sampled_from(
+        ["id", "at", "kind", "version", "epoch", "server", "evidence", "target", "reachable"]
+    ),
     st.dictionaries(
         st.sampled_from(["id", "at", "kind", "version", "epoch", "incarnation", "surprise"]),
         json_values | command_kinds,
@@ -1105,7 +2015,10 @@ def test_decoding_anything_returns_a_command_or_a_decode_error(payload: str | by
             | AssignSlot
             | SlotServing
             | RenewLease
-            | ReleaseSlot,
+            | ReleaseSlot
+            | ReportProbe
+            | DropSuspicion
+            | ReturnServer,
         )
 
 

@@ -9,7 +9,18 @@ from dataclasses import dataclass
 
 import pytest
 
-from consensus.commands import Bootstrap, ServerSpec, ServerUp, SlotSpec
+from consensus.commands import (
+    AssignSlot,
+    Bootstrap,
+    Command,
+    DropSuspicion,
+    MarkServerFailed,
+    RenewLease,
+    ReportProbe,
+    ServerSpec,
+    ServerUp,
+    SlotSpec,
+)
 from consensus.memory import MemoryConsensus, MemoryLog
 from consensus.protocol import Consensus, RaftStatus, SubmitResult
 from consensus.state import ClusterState, encode_state
@@ -35,6 +46,18 @@ BOOT = Bootstrap(
 def up(server: str, incarnation: int = 1) -> ServerUp:
     return ServerUp(
         id=f"up-{server}-{incarnation}", at=101.0, server=server, incarnation=incarnation
+    )
+
+
+def probe(observer: str, target: str, *, reachable: bool = False) -> ReportProbe:
+    return ReportProbe(
+        id=f"probe-{observer}-{target}-{reachable}",
+        at=102.0,
+        observer=observer,
+        target=target,
+        incarnation=1,
+        reachable=reachable,
+        evidence={"rtt_ms": None, "via": ["direct"]},
     )
 
 
@@ -267,3 +290,43 @@ async def test_wait_changed_returns_at_once_for_a_change_already_published(
     seen = follower.snapshot().version
     assert (await cluster.nodes["m1"].submit(up("m1"), TIMEOUT_S)).ok
     assert await follower.wait_changed(seen, 0.0)
+
+
+async def test_a_failure_verdict_and_replacement_commit_everywhere(cluster: Cluster) -> None:
+    """Each agent submits what it saw; every node applies the same verdict and hand-over."""
+    for name in (*VOTERS, "m4"):
+        assert await cluster.nodes[name].submit(up(name), TIMEOUT_S) == SubmitResult("committed")
+    for observer, reachable in (("m2", False), ("m3", False), ("m4", True)):
+        report = probe(observer, "m1", reachable=reachable)
+        assert await cluster.nodes[observer].submit(report, TIMEOUT_S) == SubmitResult("committed")
+    suspicion = cluster.state("m4").suspicion("m1")
+    assert suspicion is not None
+    assert (suspicion.unreachable_by(), suspicion.reachable_by()) == (("m2", "m3"), ("m4",))
+
+    verdict = MarkServerFailed(id="fail-m1", at=103.0, server="m1", incarnation=1)
+    assert await cluster.nodes["m2"].submit(verdict, TIMEOUT_S) == SubmitResult("committed")
+    handover = AssignSlot(id="assign-s1", at=104.0, slot="s1", owner="m4", epoch=2, reason="m1")
+    assert await cluster.nodes["m2"].submit(handover, TIMEOUT_S) == SubmitResult("committed")
+
+    # The failed owner's renewal and a late report are refused as stale, the same everywhere.
+    late: list[Command] = [
+        RenewLease(id="renew-m1", at=105.0, slot="s1", owner="m1", epoch=1),
+        probe("m4", "m1", reachable=False),
+        DropSuspicion(id="drop-m1", at=106.0, target="m1", incarnation=1, reason="timeout"),
+    ]
+    for command in late:
+        result = await cluster.nodes["m1"].submit(command, TIMEOUT_S)
+        assert (result.status, result.stale) == ("rejected", True), command.kind
+    assert len(cluster.encoded()) == 1
+    state = cluster.state("m3")
+    assert [d.kind for d in state.decisions[-3:]] == [
+        "server_suspected",
+        "server_failed",
+        "slot_assigned",
+    ]
+    assert state.decisions[-2].evidence == {"incarnation": 1, "slots_lost": ["s1"]}
+    owner = state.server("m4")
+    slot = state.slot("s1")
+    assert owner is not None and slot is not None
+    assert (owner.role, slot.owner, slot.epoch, slot.state) == ("active", "m4", 2, "assigned")
+    assert state.suspicions == ()
