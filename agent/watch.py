@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 import structlog
 
@@ -63,9 +63,10 @@ class Watch:
             tick_s=timing.probe_timeout_s / 2,
         )
 
-    def _members(self) -> Iterable[str]:
+    def _members(self) -> dict[str, int]:
+        """The servers to probe, with the incarnation the cluster has committed for each."""
         state = self._consensus.snapshot().state
-        return [s.name for s in state.up_servers() if s.name != self._server]
+        return {s.name: s.incarnation for s in state.up_servers() if s.name != self._server}
 
     def confirm(self, target: str) -> None:
         self.runner.confirm(target)

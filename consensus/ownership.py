@@ -66,6 +66,7 @@ def assign_slot(state: ClusterState, cmd: AssignSlot) -> ClusterState:
         state = put_server(state, dataclasses.replace(owner, role="active"))
     evidence = {
         **cmd.evidence,
+        "owner": cmd.owner,
         "previous_owner": slot.owner,
         "epoch": cmd.epoch,
         "reason": cmd.reason,

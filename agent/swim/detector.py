@@ -130,9 +130,17 @@ class Detector:
     def seen_incarnations(self) -> Mapping[str, int]:
         return dict(self._seen)
 
-    def set_members(self, names: Iterable[str]) -> None:
-        """The servers that may be probed (committed membership); this agent is left out."""
+    def set_members(
+        self, names: Iterable[str], incarnations: Mapping[str, int] | None = None
+    ) -> None:
+        """The servers that may be probed (committed membership); this agent is left out.
+        `incarnations` are the committed ones: a report must name at least the incarnation the
+        cluster knows, or it is stale on arrival (a server that crashed right after joining or
+        refuting would never be judged)."""
         self._rotation.set_members(name for name in names if name != self._me)
+        for name, incarnation in (incarnations or {}).items():
+            if name != self._me:
+                self._note_incarnation(name, incarnation)
 
     def take_reports(self) -> list[ProbeReport]:
         """Conclusions since the last call, oldest first."""
@@ -210,6 +218,7 @@ class Detector:
             seq=self._next_seq(),
             kind=kind,
             started=now,
+            incarnation=self.incarnation_of(target),
             timeout_deadline=now + self.awareness.scale(self._config.probe_timeout_s),
             end_deadline=now + self.awareness.scale(self._config.probe_interval_s),
         )
@@ -262,7 +271,8 @@ class Detector:
             self._stats["suppressed_reports"] += 1
             return
         self._stats["unreachable"] += 1
-        report = probe.report(self.incarnation_of(probe.target), False, now, score)
+        # The life we started probing: a refutation that arrived meanwhile is not accused.
+        report = probe.report(probe.incarnation, False, now, score)
         self._reports.append(report)
 
     def _on_own_ack(self, probe: Probe, ack: Ack, now: float, helper: str | None) -> None:

@@ -35,6 +35,7 @@ class Probe:
     seq: int
     kind: ProbeKind
     started: float
+    incarnation: int
     timeout_deadline: float
     end_deadline: float
     direct_acked: bool = False

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import os
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 import structlog
 
@@ -39,7 +39,7 @@ class SwimRunner:
         transport: PeerTransport,
         clock: Clock,
         report: ReportSink,
-        members: Callable[[], Iterable[str]],
+        members: Callable[[], Iterable[str] | Mapping[str, int]],
         tick_s: float = 0.01,
         nonce: Callable[[], bytes] = _random_nonce,
         max_pending_reports: int = 1024,
@@ -95,7 +95,11 @@ class SwimRunner:
 
     def step(self, now: float) -> None:
         """One tick: membership, deadlines, sends, and queueing of new reports."""
-        self._detector.set_members(self._members())
+        members = self._members()
+        if isinstance(members, Mapping):  # name -> committed incarnation
+            self._detector.set_members(members.keys(), members)
+        else:
+            self._detector.set_members(members)
         self._send(self._detector.tick(now))
         for report in self._detector.take_reports():
             try:
