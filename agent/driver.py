@@ -126,8 +126,13 @@ class ProcessDriver:
             current = None
         if current is None:
             current = self._slots[spec.slot] = _Running(spec, None, self._clock.monotonic())
-        if current.proc is not None and current.proc.returncode is None:
-            return
+        if current.proc is not None:
+            if current.proc.returncode is None:
+                return
+            # It exited since the last probe: count the crash before deciding to restart.
+            self._crashed(
+                current, self._clock.monotonic(), f"exited with {current.proc.returncode}"
+            )
         if current.gave_up or self._clock.monotonic() < current.restart_after:
             return
         await self._spawn(current)
