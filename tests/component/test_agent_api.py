@@ -283,3 +283,26 @@ async def test_return_puts_a_failed_server_back_as_spare(agent: Running) -> None
     assert isinstance(decisions, dict)
     last = decisions["decisions"][-1]
     assert last["kind"] == "server_returned" and last["evidence"]["reason"] == "disk replaced"
+
+
+async def test_hostile_datagrams_are_dropped_and_counted(agent: Running) -> None:
+    """The probe port takes garbage, oversized and replayed datagrams without harm."""
+    a1 = agent.config.server("a1")
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(
+        asyncio.DatagramProtocol, remote_addr=(a1.host, a1.agent_port)
+    )
+    try:
+        for payload in (b"", b"\x00" * 10, b"x" * 5000, b"{" * 40, bytes(range(256)) * 3):
+            transport.sendto(payload)
+    finally:
+        transport.close()
+
+    async def counted() -> bool:
+        _, body, _ = await agent.get("/metrics")
+        return 'kind="rejected_' in str(body)
+
+    await wait_for(counted)
+    assert (await agent.get("/healthz"))[0] == 200
+    _, metrics, _ = await agent.get("/metrics")
+    assert 'moonwatch_detector_events_total{kind="rejected_oversized"} 1.0' in str(metrics)
