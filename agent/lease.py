@@ -59,7 +59,9 @@ class LeaseKeeper:
             if due:
                 await asyncio.gather(*(self._renew(slot) for slot in due))
             self.push()
-            await self._consensus.wait_changed(seen, self._renew_s / 4)
+            # Sleep until the next renewal is due; a change of committed state (a new slot,
+            # a new epoch) wakes us sooner.
+            await self._consensus.wait_changed(seen, self._next_due_in())
 
     def _due(self) -> list[SlotRecord]:
         state = self._consensus.snapshot().state
@@ -98,6 +100,13 @@ class LeaseKeeper:
             self.leases[slot.name] = Lease(slot.epoch, until, sent)
         else:
             _log.info("lease_not_renewed", slot=slot.name, epoch=slot.epoch, why=result.reason)
+
+    def _next_due_in(self) -> float:
+        if not self.leases:
+            return self._renew_s
+        now = self._clock.monotonic()
+        soonest = min(lease.renewed_at for lease in self.leases.values()) + self._renew_s
+        return min(self._renew_s, max(0.01, soonest - now))
 
     def push(self) -> None:
         """Hand every current lease to the driver (idempotent: it ignores non-extensions)."""
