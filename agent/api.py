@@ -16,7 +16,7 @@ from agent.clock import Clock
 from agent.loop import DecisionLoop
 from agent.metrics import AgentMetrics
 from agent.status import decision_document, decisions_document, status_document
-from consensus.commands import ReturnServer
+from consensus.commands import Command, ReturnServer, SetMode
 from consensus.protocol import Consensus
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -47,6 +47,7 @@ def build_api(ctx: ApiContext) -> web.Application:
     app.router.add_get("/v1/decisions", api.decisions)
     app.router.add_get("/v1/decisions/{id}", api.decision)
     app.router.add_post("/v1/servers/{name}/return", api.return_server)
+    app.router.add_post("/v1/mode/resume", api.resume)
     return app
 
 
@@ -123,12 +124,38 @@ class _Api:
             server=name,
             reason=reason,
         )
-        result = await self._ctx.consensus.submit(command, timeout_s=5.0)
-        if result.status == "failed":
-            return _json({"error": result.reason, "status": 503}, 503)
-        if not result.ok:
-            return _json({"error": result.reason, "status": 409}, 409)
-        return _json({"ok": True, "server": name, "reason": reason})
+        failed = await _submit_operator(self._ctx, command)
+        return failed or _json({"ok": True, "server": name, "reason": reason})
+
+    async def resume(self, request: web.Request) -> web.Response:
+        """Operator: leave cascade (or recovering) mode now; replacement resumes at once."""
+        denied = _authorize(request, self._ctx.api_token)
+        if denied is not None:
+            return denied
+        reason = await _reason(request)
+        if isinstance(reason, web.Response):
+            return reason
+        state = self._ctx.consensus.snapshot().state
+        command = SetMode(
+            id=f"resume:{uuid.uuid4().hex}",
+            at=self._ctx.clock.wall(),
+            mode="normal",
+            reason=reason,
+            evidence={"rule": "operator_resume", "previous_mode": state.mode},
+            operator=True,
+        )
+        failed = await _submit_operator(self._ctx, command)
+        return failed or _json({"ok": True, "mode": "normal", "reason": reason})
+
+
+async def _submit_operator(ctx: ApiContext, command: Command) -> web.Response | None:
+    """Submit an operator command; None when it committed, the error answer otherwise."""
+    result = await ctx.consensus.submit(command, timeout_s=5.0)
+    if result.status == "failed":
+        return _json({"error": result.reason, "status": 503}, 503)
+    if not result.ok:
+        return _json({"error": result.reason, "status": 409}, 409)
+    return None
 
 
 def _authorize(request: web.Request, token: str) -> web.Response | None:

@@ -45,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     back.add_argument("--url", action="append", help="an agent's URL (repeatable)")
     back.add_argument("--reason", default="returned by an operator")
 
+    resume = sub.add_parser("resume", help="leave cascade mode now and resume replacement")
+    resume.add_argument("--config", default=DEFAULT_CONFIG, help="agents and the operator token")
+    resume.add_argument("--url", action="append", help="an agent's URL (repeatable)")
+    resume.add_argument("--reason", default="resumed by an operator")
+
     check = sub.add_parser("check-config", help="validate a cluster config file")
     check.add_argument("file")
     return parser
@@ -57,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "status":
         return _status(args.url, args.config, args.json)
     if args.command == "return":
-        return _return(args.server, args.config, args.url, args.reason)
+        return _operator(args.config, args.url, f"/v1/servers/{args.server}/return", args.reason)
+    if args.command == "resume":
+        return _operator(args.config, args.url, "/v1/mode/resume", args.reason)
     config = _load(args.config)
     if config is None:
         return EXIT_USAGE
@@ -108,21 +115,22 @@ def _status(urls: list[str] | None, config_path: str, as_json: bool) -> int:
     return 0
 
 
-def _return(server: str, config_path: str, urls: list[str] | None, reason: str) -> int:
+def _operator(config_path: str, urls: list[str] | None, path: str, reason: str) -> int:
+    """An authenticated operator call (return a server, resume from cascade mode)."""
     config = _load(config_path)
     if config is None:
         return EXIT_USAGE
     token = config.secrets.api_token.get_secret_value()
     targets = urls or [s.agent_url for s in config.servers]
     try:
-        status, body = operator_call(targets, f"/v1/servers/{server}/return", token, reason)
+        status, body = operator_call(targets, path, token, reason)
     except StatusUnavailable as exc:
-        print(f"moonwatch return: {exc}", file=sys.stderr)
+        print(f"moonwatch: {exc}", file=sys.stderr)
         return 1
     if status != 200:
-        print(f"moonwatch return: {body.get('error', body)} (HTTP {status})", file=sys.stderr)
+        print(f"moonwatch: {body.get('error', body)} (HTTP {status})", file=sys.stderr)
         return 1
-    print(f"{server} is back in the spare pool ({reason})")
+    print(f"done: {path} ({reason})")
     return 0
 
 

@@ -145,6 +145,20 @@ class DetectionConfig(_FrozenModel):
     indirect_probes: int = Field(default=3, ge=0, le=10)
 
 
+class CascadeConfig(_FrozenModel):
+    """When many servers fail at once, hold back replacement (chain-failure prevention)."""
+
+    # Enter cascade mode at max(min_verdicts, verdict_fraction x actives) verdicts in window_s.
+    window_s: Seconds = 60.0
+    min_verdicts: int = Field(default=2, ge=1)
+    verdict_fraction: float = Field(default=0.3, gt=0.0, le=1.0)
+    # Leave it after this long without a verdict (twice: cascade -> recovering -> normal).
+    quiet_s: Seconds = 30.0
+    # Replacements still allowed in cascade mode, per budget_window_s.
+    budget: int = Field(default=1, ge=0)
+    budget_window_s: Seconds = 300.0
+
+
 class SecretsConfig(_FrozenModel):
     """Shared secrets, each given literally, as `<name>_file` or `<name>_env`; always resolved."""
 
@@ -225,6 +239,7 @@ class ClusterConfig(_FrozenModel):
     slots: tuple[SlotConfig, ...]
     timing: TimingConfig = TimingConfig()
     detection: DetectionConfig = DetectionConfig()
+    cascade: CascadeConfig = CascadeConfig()
 
     @field_validator("data_dir", mode="before")
     @classmethod

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
-from consensus.commands import Command
+from consensus.commands import Command, RecordHeld, SetMode
 from consensus.protocol import Snapshot
-from healer.replace import LeasePolicy, plan_replacements
+from healer.cascade import CascadePolicy, next_mode, replacements_left
+from healer.replace import LeasePolicy, plan_replacements_within
 from healer.verdict import VerdictPolicy, plan_verdicts
 
 
@@ -20,6 +22,8 @@ class LeaderClock:
     lease_marks: dict[str, tuple[int, int]] = field(default_factory=dict)
     suspicion_seen: dict[str, float] = field(default_factory=dict)
     suspicion_marks: dict[str, tuple[int, float]] = field(default_factory=dict)
+    # Held actions already recorded, per (slot, start of the mode that held them).
+    held_recorded: set[tuple[str, float]] = field(default_factory=set)
 
     def observe(self, snap: Snapshot, now: float) -> None:
         if not snap.raft.is_leader:
@@ -53,10 +57,47 @@ def plan_leader(
     wall: float,
     verdicts: VerdictPolicy,
     leases: LeasePolicy,
+    cascade: CascadePolicy | None = None,
 ) -> tuple[list[Command], list[str]]:
     """The leader's commands for this tick and a note for everything it is waiting on."""
     if not snap.raft.is_leader or not snap.state.bootstrapped:
         return [], []
-    judged, waiting = plan_verdicts(snap.state, clock.suspicion_seen, now, wall, verdicts)
-    moved, pending = plan_replacements(snap.state, clock.lease_seen, now, wall, leases)
-    return [*judged, *moved], [*waiting, *pending]
+    state = snap.state
+    judged, waiting = plan_verdicts(state, clock.suspicion_seen, now, wall, verdicts)
+    cascade = cascade or CascadePolicy()
+    change = next_mode(state, state.mode_since, wall, cascade)
+    modes: list[Command] = []
+    if change is not None:
+        modes.append(
+            SetMode(
+                id=f"mode:{change.mode}:{state.mode_since}",
+                at=wall,
+                mode=change.mode,
+                reason=change.reason,
+                evidence=change.evidence,
+            )
+        )
+    # Entering cascade mode limits this very tick's replacements already.
+    ruled = dataclasses.replace(state, mode=change.mode) if change is not None else state
+    budget = replacements_left(ruled, wall, cascade)
+    moved, pending, held = plan_replacements_within(
+        state, clock.lease_seen, now, wall, leases, budget
+    )
+    records: list[Command] = []
+    for slot, why in held:
+        key = (slot, state.mode_since)
+        if key not in clock.held_recorded:
+            clock.held_recorded.add(key)
+            records.append(
+                RecordHeld(
+                    id=f"held:{slot}:{state.mode_since}",
+                    at=wall,
+                    subject=slot,
+                    action="assign_slot",
+                    reason=why,
+                    evidence={"budget": cascade.budget, "window_s": cascade.budget_window_s},
+                )
+            )
+    if state.mode != "normal":
+        waiting.append(f"mode {state.mode} since {state.mode_since:.0f}")
+    return [*judged, *modes, *moved, *records], [*waiting, *pending]

@@ -17,6 +17,7 @@ from agent.lease import LeaseKeeper
 from agent.metrics import AgentMetrics
 from consensus.commands import Bootstrap, Command, ServerSpec, SlotSpec
 from consensus.protocol import Consensus, Snapshot
+from healer.cascade import CascadePolicy
 from healer.local import Instance, LocalPlan, LocalView, plan_local
 from healer.replace import LeasePolicy
 from healer.verdict import VerdictPolicy
@@ -96,6 +97,15 @@ class DecisionLoop:
         self._lease_policy = LeasePolicy(
             lease_s=timing.lease_s, drift=timing.clock_drift, margin_s=timing.lease_margin_s
         )
+        cascade = config.cascade
+        self._cascade = CascadePolicy(
+            window_s=cascade.window_s,
+            min_verdicts=cascade.min_verdicts,
+            verdict_fraction=cascade.verdict_fraction,
+            quiet_s=cascade.quiet_s,
+            budget=cascade.budget,
+            budget_window_s=cascade.budget_window_s,
+        )
         self._leader_clock = LeaderClock()
         self._digest = config.digest()
         self._confirmed: set[tuple[str, int, float]] = set()
@@ -148,7 +158,7 @@ class DecisionLoop:
             self._adopt_incarnation(plan.incarnation)
         self._leader_clock.observe(snap, now)
         led, waiting = plan_leader(
-            snap, self._leader_clock, now, wall, self._verdicts, self._lease_policy
+            snap, self._leader_clock, now, wall, self._verdicts, self._lease_policy, self._cascade
         )
         await self._carry_out(plan, led)
         summary = "; ".join([plan.summary, *(f"leader: {n}" for n in waiting)])
@@ -196,7 +206,7 @@ class DecisionLoop:
             self._metrics.submits.labels(command.kind, result.status).inc()
             if not result.ok:
                 _log.info("command_not_applied", kind=command.kind, result=result.reason)
-            elif command.kind in ("mark_server_failed", "assign_slot", "drop_suspicion"):
+            elif command.kind not in ("slot_serving", "server_up", "renew_lease"):
                 _log.info("leader_decided", kind=command.kind, command_id=command.id)
 
     def _spec(self, slot: str, epoch: int, tenants: tuple[str, ...]) -> InstanceSpec:

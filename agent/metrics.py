@@ -45,6 +45,14 @@ class _SnapshotCollector(Collector):
         yield GaugeMetricFamily(
             "moonwatch_decisions", "Decisions committed so far", value=snap.state.decision_seq
         )
+        mode = GaugeMetricFamily(
+            "moonwatch_mode",
+            "1 for the cluster's current healing mode (cascade: replacement held back)",
+            labels=["mode"],
+        )
+        for name in ("normal", "cascade", "recovering"):
+            mode.add_metric([name], 1 if snap.state.mode == name else 0)
+        yield mode
 
 
 class _DetectorCollector(Collector):

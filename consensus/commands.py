@@ -192,6 +192,38 @@ class ReturnServer:
     version: int = COMMAND_VERSION
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetMode:
+    """The leader (or an operator) moves the cluster between normal, cascade and recovering."""
+
+    __pydantic_config__ = _STRICT
+
+    id: str
+    at: float
+    mode: Literal["normal", "cascade", "recovering"]
+    reason: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+    operator: bool = False
+    kind: Literal["set_mode"] = "set_mode"
+    version: int = COMMAND_VERSION
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecordHeld:
+    """The leader records an action it held back, and why (cascade mode, budget)."""
+
+    __pydantic_config__ = _STRICT
+
+    id: str
+    at: float
+    subject: str
+    action: str
+    reason: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+    kind: Literal["record_held"] = "record_held"
+    version: int = COMMAND_VERSION
+
+
 Command = (
     Bootstrap
     | ServerUp
@@ -203,6 +235,8 @@ Command = (
     | ReportProbe
     | DropSuspicion
     | ReturnServer
+    | SetMode
+    | RecordHeld
 )
 
 _COMMAND_ADAPTER: Final = TypeAdapter[Command](Annotated[Command, Field(discriminator="kind")])

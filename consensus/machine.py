@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any, Final
 
-from consensus import membership, ownership
+from consensus import membership, modes, ownership
 from consensus.commands import (
     COMMAND_VERSION,
     AssignSlot,
@@ -15,11 +15,13 @@ from consensus.commands import (
     CommandDecodeError,
     DropSuspicion,
     MarkServerFailed,
+    RecordHeld,
     ReleaseSlot,
     RenewLease,
     ReportProbe,
     ReturnServer,
     ServerUp,
+    SetMode,
     SlotServing,
     decode_command,
 )
@@ -40,6 +42,8 @@ _HANDLERS: Final[dict[type, Callable[[ClusterState, Any], ClusterState]]] = {
     ReportProbe: membership.report_probe,
     DropSuspicion: membership.drop_suspicion,
     ReturnServer: membership.return_server,
+    SetMode: modes.set_mode,
+    RecordHeld: modes.record_held,
 }
 
 

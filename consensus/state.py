@@ -111,6 +111,7 @@ class ClusterState:
     servers: tuple[ServerRecord, ...] = ()
     slots: tuple[SlotRecord, ...] = ()
     mode: Literal["normal", "cascade", "recovering"] = "normal"
+    mode_since: float = 0.0
     suspicions: tuple[Suspicion, ...] = ()
     decisions: tuple[Decision, ...] = ()
     decision_seq: int = 0

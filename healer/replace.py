@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -125,3 +126,31 @@ def _assign(
             "spare_domain": spare.domain,
         },
     )
+
+
+def plan_replacements_within(
+    state: ClusterState,
+    lease_seen: Mapping[str, float],
+    now: float,
+    wall: float,
+    policy: LeasePolicy,
+    budget: int | None,
+) -> tuple[list[Command], list[str], list[tuple[str, str]]]:
+    """plan_replacements, limited to `budget` assignments (None: no limit). Assignments beyond
+    it are held: returned as (slot, reason) for the record, not carried out."""
+    commands, notes = plan_replacements(state, lease_seen, now, wall, policy)
+    tagged = [
+        dataclasses.replace(c, evidence={**c.evidence, "mode": state.mode})
+        if isinstance(c, AssignSlot)
+        else c
+        for c in commands
+    ]
+    if budget is None or len(tagged) <= budget:
+        return tagged, notes, []
+    held = [
+        (c.slot, f"{state.mode} mode: replacement budget used")
+        for c in tagged[budget:]
+        if isinstance(c, AssignSlot)
+    ]
+    notes += [f"{slot}: held ({why})" for slot, why in held]
+    return tagged[:budget], notes, held

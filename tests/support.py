@@ -43,6 +43,7 @@ def cluster_config(
     voters: int = 3,
     tenants_per_slot: int = 2,
     timing: dict[str, float] | None = None,
+    cascade: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """A valid config dict: servers a1.. (active) then p1.. (spare), one slot per active."""
     names = [f"a{i + 1}" for i in range(actives)] + [f"p{i + 1}" for i in range(spares)]
@@ -80,6 +81,7 @@ def cluster_config(
         "voters": names[:voters],
         "slots": slots,
         "timing": {"shutdown_timeout_s": 5.0, **(timing or {})},
+        **({"cascade": cascade} if cascade else {}),
     }
 
 

@@ -37,8 +37,8 @@ class Harness:
                 return answer[1]
         raise AssertionError("no agent answers")
 
-    async def decisions(self) -> list[dict[str, Any]]:
-        for name in self.cluster.alive():
+    async def decisions(self, via: str | None = None) -> list[dict[str, Any]]:
+        for name in [via] if via else self.cluster.alive():
             answer = await self.cluster.get_json(name, "/v1/decisions")
             if answer is not None:
                 return list(answer[1]["decisions"])
@@ -91,7 +91,10 @@ def app_children(agent_pid: int) -> list[psutil.Process]:
 
 
 def five_servers(voters: int) -> Callable[[Path], dict[str, Any]]:
-    return lambda data: cluster_config(data, actives=3, spares=2, voters=voters)
+    # Single and double failures here test replacement, not cascade suppression.
+    return lambda data: cluster_config(
+        data, actives=3, spares=2, voters=voters, cascade={"min_verdicts": 10}
+    )
 
 
 @pytest.fixture(params=[3], ids=["3-voters"])
@@ -219,3 +222,66 @@ async def test_a_crashed_app_is_restarted_locally_without_a_verdict(harness: Har
     await wait_until(restarted, 20)
     assert await h.verdicts() == []
     assert (await h.slot("s2"))["epoch"] == 1
+
+
+async def test_three_actives_stopped_at_once_is_a_cascade_that_ends_by_itself(
+    tmp_path: Path,
+) -> None:
+    """Seven servers (five active, two spare); five voters that keep a quorum without a1..a3."""
+    config = cluster_config(
+        tmp_path / "data",
+        actives=5,
+        spares=2,
+        voters=5,
+        cascade={"quiet_s": 3.0, "budget": 1, "budget_window_s": 300.0},
+    )
+    config["voters"] = ["a1", "a4", "a5", "p1", "p2"]
+    path = write_config(tmp_path / "cluster.yml", config)
+    cluster = LocalCluster(path, load_config(path), SystemClock())
+    victims = ["a1", "a2", "a3"]
+    try:
+        await cluster.start()
+        assert not await cluster.wait_ready(45), f"not ready; logs in {cluster.log_dir}"
+        assert await cluster.wait_serving(45), f"not serving; logs in {cluster.log_dir}"
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0)) as http:
+            h = Harness(cluster, http)
+            before = len(await h.decisions(via="a4"))
+            for name in victims:
+                cluster.kill(name, signal.SIGSTOP)
+            try:
+
+                async def mode_is(wanted: str) -> bool:
+                    answer = await cluster.get_json("a4", "/v1/status")
+                    return answer is not None and answer[1]["mode"] == wanted
+
+                await wait_until(lambda: mode_is("cascade"), 20)
+                await asyncio.sleep(4.0)  # past every lease: whatever would move has moved
+                metrics_url = cluster.config.server("a4").agent_url + "/metrics"
+                async with http.get(metrics_url) as resp:
+                    assert 'moonwatch_mode{mode="cascade"} 1.0' in await resp.text()
+            finally:
+                for name in victims:
+                    cluster.kill(name, signal.SIGCONT)
+            decisions = (await h.decisions(via="a4"))[before:]  # a thawed agent lags behind
+            moved = [d for d in decisions if d["kind"] == "slot_assigned"]
+            held = [d for d in decisions if d["kind"] == "action_held"]
+            assert len(moved) <= 1, moved  # the cascade budget
+            assert {d["evidence"]["previous_owner"] for d in moved} <= set(victims)
+            assert len(held) >= 1, [(d["kind"], d["subject"], d["at"]) for d in decisions]
+            assert all(d["evidence"]["mode"] == "cascade" for d in held)
+            entered = next(d for d in decisions if d["kind"] == "mode_changed")
+            assert entered["evidence"]["to"] == "cascade"
+            assert entered["evidence"]["rule"] == "verdict_rate"
+
+            await wait_until(lambda: mode_is("normal"), 40)
+            final = await h.decisions(via="a4")
+            modes = [d["evidence"]["to"] for d in final if d["kind"] == "mode_changed"]
+            assert modes == ["cascade", "recovering", "normal"]
+            replaced = {
+                d["evidence"]["previous_owner"] for d in final if d["kind"] == "slot_assigned"
+            }
+            assert replaced <= set(victims)  # nobody else was replaced
+    finally:
+        await cluster.stop(timeout_s=10.0)
+    checked = Harness(cluster, None).check_overlap()  # type: ignore[arg-type]
+    assert checked.returncode == 0, checked.stdout + checked.stderr
