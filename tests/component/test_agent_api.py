@@ -17,7 +17,7 @@ from agent.config import ClusterConfig, parse_config
 from agent.daemon import Agent
 from agent.driver import InstanceSpec, InstanceStatus
 from agent.wiring import build_agent
-from consensus.commands import MarkServerFailed
+from consensus.commands import MarkServerFailed, SetMode
 from consensus.memory import MemoryConsensus, MemoryLog
 from tests.support import cluster_config
 
@@ -306,3 +306,27 @@ async def test_hostile_datagrams_are_dropped_and_counted(agent: Running) -> None
     assert (await agent.get("/healthz"))[0] == 200
     _, metrics, _ = await agent.get("/metrics")
     assert 'moonwatch_detector_events_total{kind="rejected_oversized"} 1.0' in str(metrics)
+
+
+async def test_resume_needs_the_token_and_ends_cascade_mode(agent: Running) -> None:
+    url = f"{agent.url}/v1/mode/resume"
+    async with agent.http.post(url) as resp:
+        assert resp.status == 401
+    headers = {"Authorization": "Bearer test-api-token"}
+    async with agent.http.post(url, headers=headers) as resp:
+        assert resp.status == 409  # already normal
+    consensus = MemoryConsensus(agent.log, "a3", SystemClock())
+    await consensus.start()
+    cascade = SetMode(id="c1", at=1.0, mode="cascade", reason="test", evidence={})
+    assert (await consensus.submit(cascade, 1.0)).ok
+    _, metrics, _ = await agent.get("/metrics")
+    assert 'moonwatch_mode{mode="cascade"} 1.0' in str(metrics)
+    async with agent.http.post(url, headers=headers, json={"reason": "network fixed"}) as resp:
+        assert resp.status == 200
+    _, doc, _ = await agent.get("/v1/status")
+    assert isinstance(doc, dict) and doc["mode"] == "normal"
+    _, decisions, _ = await agent.get("/v1/decisions")
+    assert isinstance(decisions, dict)
+    last = decisions["decisions"][-1]
+    assert last["kind"] == "mode_changed" and last["evidence"]["operator"] is True
+    assert last["evidence"]["reason"] == "network fixed"
