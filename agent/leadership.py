@@ -78,19 +78,23 @@ def plan_leader(
             )
         )
     # Entering cascade mode limits this very tick's replacements already.
-    ruled = dataclasses.replace(state, mode=change.mode) if change is not None else state
+    ruled = (
+        dataclasses.replace(state, mode=change.mode, mode_since=wall)
+        if change is not None
+        else state
+    )
     budget = replacements_left(ruled, wall, cascade)
     moved, pending, held = plan_replacements_within(
-        state, clock.lease_seen, now, wall, leases, budget
+        ruled, clock.lease_seen, now, wall, leases, budget
     )
     records: list[Command] = []
     for slot, why in held:
-        key = (slot, state.mode_since)
+        key = (slot, ruled.mode_since)
         if key not in clock.held_recorded:
             clock.held_recorded.add(key)
             records.append(
                 RecordHeld(
-                    id=f"held:{slot}:{state.mode_since}",
+                    id=f"held:{slot}:{ruled.mode_since}",
                     at=wall,
                     subject=slot,
                     action="assign_slot",

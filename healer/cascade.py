@@ -144,6 +144,8 @@ def replacements_left(state: ClusterState, now: float, policy: CascadePolicy) ->
     used = sum(
         1
         for d in state.decisions
-        if d.kind == "slot_assigned" and d.at >= since and d.evidence.get("mode") == "cascade"
+        if d.kind == "slot_assigned"
+        and d.at >= since
+        and d.evidence.get("mode") in ("cascade", "recovering")
     )
     return max(0, policy.budget - used)

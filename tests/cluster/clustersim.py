@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from agent.leadership import LeaderClock, plan_leader
-from agent.swim.detector import DetectorConfig
+from agent.swim.detector import Detector, DetectorConfig
 from consensus.commands import (
     Bootstrap,
     Command,
@@ -20,6 +20,7 @@ from consensus.commands import (
 from consensus.machine import apply_payload
 from consensus.protocol import RaftStatus, Snapshot
 from consensus.state import ClusterState, Decision, SlotRecord
+from healer.cascade import CascadePolicy
 from healer.local import Instance, LocalPlan, LocalView, plan_local
 from healer.replace import LeasePolicy
 from healer.verdict import VerdictPolicy
@@ -39,6 +40,7 @@ class SimTiming:
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     verdicts: VerdictPolicy = field(default_factory=VerdictPolicy)
     leases: LeasePolicy = field(default_factory=LeasePolicy)
+    cascade: CascadePolicy = field(default_factory=CascadePolicy)
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,8 @@ class ClusterSim:
 
     Every server runs the real SWIM `Detector` (through `SwimSim`, over a `MemoryNetwork`) and the
     real `plan_local`; the lowest-named live server that reaches the log is the Raft leader and
-    runs `plan_leader` (a new one takes office at once, with a fresh `LeaderClock`). Raft is one
+    runs `plan_leader` under `timing.cascade` (a new one takes office at once, with a fresh
+    `LeaderClock`). A killed server can be restarted with its stored incarnation. Raft is one
     shared log applied in order through `encode_command` and `apply_payload`: every server sees
     the same committed state, except one cut off from Raft, which keeps its last view and whose
     commands are dropped. The driver is a fake whose instances serve as soon as they start.
@@ -154,6 +157,25 @@ class ClusterSim:
         self.agents[name].alive = False
         self.agents[name].instances.clear()
         self.swim.kill(name)
+        self._elect()
+
+    def restart(self, name: str) -> None:
+        """Start a killed `name` again: a fresh detector and agent that keep only the stored
+        incarnation, so its first tick joins the cluster (a failed server comes back
+        quarantined)."""
+        agent = self.agents[name]
+        if agent.alive:
+            raise ValueError(f"{name} is running")
+        node = self.swim.nodes[name]
+        rng = random.Random(node.rng.random())
+        node.detector = Detector(name, self.timing.detector, rng, agent.incarnation)
+        node.alive, node.due = True, float("-inf")
+        self.swim.network.set_up(name, True)
+        agent.alive, agent.frozen, agent.next_tick = True, None, self.now
+        agent.instances.clear()
+        agent.confirmed.clear()
+        agent.leases.clear()
+        self._members_of = None  # the new detector learns the members on the next step
         self._elect()
 
     def isolate(self, name: str) -> None:
@@ -278,7 +300,9 @@ class ClusterSim:
         if snap.raft.is_leader:
             self._leader_clock.observe(snap, now)
             t = self.timing
-            led, _ = plan_leader(snap, self._leader_clock, now, now, t.verdicts, t.leases)
+            led, _ = plan_leader(
+                snap, self._leader_clock, now, now, t.verdicts, t.leases, t.cascade
+            )
         self._carry_out(agent, plan)
         for command in (*plan.commands, *led):
             self.submit(agent.name, command)
