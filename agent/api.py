@@ -13,6 +13,7 @@ from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from agent.clock import Clock
+from agent.explain import explained
 from agent.loop import DecisionLoop
 from agent.metrics import AgentMetrics
 from agent.status import decision_document, decisions_document, status_document
@@ -105,7 +106,8 @@ class _Api:
         decision = self._ctx.consensus.snapshot().state.decision(decision_id)
         if decision is None:
             return _json({"error": f"no decision {decision_id[:64]!r}", "status": 404}, 404)
-        return _json(decision_document(decision))
+        snap_state = self._ctx.consensus.snapshot().state
+        return _json({**decision_document(decision), **explained(snap_state, decision)})
 
     async def return_server(self, request: web.Request) -> web.Response:
         """Operator: put a failed or quarantined server back into the spare pool."""

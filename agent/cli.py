@@ -14,7 +14,14 @@ from agent.configcheck import check_config_main
 from agent.daemon import EXIT_USAGE, Agent, install_signal_handlers
 from agent.launcher import LocalCluster, ports_in_use
 from agent.logs import configure_logging
-from agent.statusview import StatusUnavailable, fetch_status, operator_call, render_status
+from agent.statusview import (
+    StatusUnavailable,
+    fetch_json,
+    fetch_status,
+    operator_call,
+    render_explanation,
+    render_status,
+)
 from agent.wiring import build_agent
 
 DEFAULT_CONFIG = "cluster.yml"
@@ -50,6 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     resume.add_argument("--url", action="append", help="an agent's URL (repeatable)")
     resume.add_argument("--reason", default="resumed by an operator")
 
+    explain = sub.add_parser("explain", help="a decision in words, with its incident timeline")
+    explain.add_argument("id", help="decision id, e.g. d000012 (see GET /v1/decisions)")
+    explain.add_argument("--config", default=DEFAULT_CONFIG, help="find agents from this config")
+    explain.add_argument("--url", action="append", help="an agent's URL (repeatable)")
+
     check = sub.add_parser("check-config", help="validate a cluster config file")
     check.add_argument("file")
     return parser
@@ -63,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         return _status(args.url, args.config, args.json)
     if args.command == "return":
         return _operator(args.config, args.url, f"/v1/servers/{args.server}/return", args.reason)
+    if args.command == "explain":
+        return _explain(args.id, args.config, args.url)
     if args.command == "resume":
         return _operator(args.config, args.url, "/v1/mode/resume", args.reason)
     config = _load(args.config)
@@ -112,6 +126,24 @@ def _status(urls: list[str] | None, config_path: str, as_json: bool) -> int:
         print(f"moonwatch status: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(doc, indent=2) if as_json else render_status(source, doc))
+    return 0
+
+
+def _explain(decision_id: str, config_path: str, urls: list[str] | None) -> int:
+    if not urls:
+        config = _load(config_path)
+        if config is None:
+            return EXIT_USAGE
+        urls = [s.agent_url for s in config.servers]
+    try:
+        status, doc = fetch_json(urls, f"/v1/decisions/{decision_id}")
+    except StatusUnavailable as exc:
+        print(f"moonwatch explain: {exc}", file=sys.stderr)
+        return 1
+    if status != 200:
+        print(f"moonwatch explain: {doc.get('error', doc)}", file=sys.stderr)
+        return 1
+    print(render_explanation(doc))
     return 0
 
 

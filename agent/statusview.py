@@ -113,3 +113,37 @@ def _object(raw: bytes) -> dict[str, Any]:
     except ValueError:
         return {"error": raw[:200].decode(errors="replace")}
     return body if isinstance(body, dict) else {"error": str(body)[:200]}
+
+
+def fetch_json(urls: list[str], path: str, timeout_s: float = 2.0) -> tuple[int, dict[str, Any]]:
+    """GET `path` from the first agent that answers at all (any HTTP status)."""
+    failures: list[str] = []
+    for url in urls:
+        target = url.rstrip("/") + path
+        if not target.startswith(("http://", "https://")):
+            failures.append(f"{url}: only http:// and https:// URLs are supported")
+            continue
+        try:
+            with urllib.request.urlopen(target, timeout=timeout_s) as resp:
+                return resp.status, _object(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, _object(exc.read())
+        except (urllib.error.URLError, OSError) as exc:
+            failures.append(f"{target}: {getattr(exc, 'reason', exc)}")
+    raise StatusUnavailable("no agent answered:\n  " + "\n  ".join(failures))
+
+
+def render_explanation(doc: dict[str, Any]) -> str:
+    """`moonwatch explain`: the decision in words, then its incident, oldest first."""
+    lines = [f"{doc.get('id')}  {doc.get('kind')}  {doc.get('subject')}", ""]
+    lines.append(str(doc.get("explanation", "")))
+    timeline = doc.get("timeline") or []
+    if len(timeline) > 1:
+        lines += ["", "incident timeline:"]
+        for step in timeline:
+            marker = "*" if step.get("id") == doc.get("id") else " "
+            lines.append(
+                f" {marker} +{float(step.get('after_s', 0)):7.3f} s  {step.get('id')}  "
+                f"{step.get('what')}"
+            )
+    return "\n".join(lines)

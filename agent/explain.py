@@ -1,0 +1,144 @@
+"""Decisions in words a person on call can read, with the timeline of their incident."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from consensus.state import ClusterState, Decision
+
+_SERVER_KINDS = frozenset(
+    {
+        "server_suspected",
+        "server_refuted",
+        "server_failed",
+        "suspicion_dropped",
+        "server_back_quarantined",
+        "server_returned",
+        "server_up",
+    }
+)
+
+
+def _failed(d: Decision) -> str:
+    e = d.evidence
+    observers = ", ".join(e.get("observers", [])) or "its observers"
+    lost = ", ".join(e.get("slots_lost", [])) or "no slot"
+    return (
+        f"{d.subject} was declared failed: {observers} could not reach it "
+        f"({len(e.get('observers', []))} of {len(e.get('eligible', []))} eligible, "
+        f"{e.get('required', '?')} required) for {e.get('suspected_for_s', '?')} s; "
+        f"it held {lost}, which its lease still fenced."
+    )
+
+
+def _assigned(d: Decision) -> str:
+    e = d.evidence
+    return (
+        f"slot {d.subject} was handed to {e.get('owner', '?')} under epoch {e.get('epoch')} "
+        f"because {e.get('reason', '?')}; the old lease had been silent for "
+        f"{e.get('lease_silent_s', '?')} s (wait {e.get('lease_wait_s', '?')} s) "
+        f"in {e.get('mode', 'normal')} mode."
+    )
+
+
+def _mode(d: Decision) -> str:
+    e = d.evidence
+    who = "an operator" if e.get("operator") else "the leader"
+    return (
+        f"{who} moved the cluster from {e.get('from')} to {e.get('to')} mode: {e.get('reason')} "
+        f"(rule {e.get('rule', 'operator_resume' if e.get('operator') else '?')})."
+    )
+
+
+_SENTENCES: dict[str, Callable[[Decision], str]] = {
+    "bootstrap": lambda d: f"cluster {d.subject} was created from its configuration.",
+    "server_up": lambda d: f"{d.subject} joined as incarnation {d.evidence.get('incarnation')}.",
+    "server_suspected": lambda d: (
+        f"{d.evidence.get('observer')} could not reach {d.subject} "
+        f"(incarnation {d.evidence.get('incarnation')}); every other server checks it now."
+    ),
+    "server_refuted": lambda d: (
+        f"{d.subject} answered the suspicion itself with incarnation "
+        f"{d.evidence.get('incarnation')}: it is alive."
+    ),
+    "suspicion_dropped": lambda d: (
+        f"the suspicion of {d.subject} was dropped: {d.evidence.get('reason')}."
+    ),
+    "server_failed": _failed,
+    "server_back_quarantined": lambda d: (
+        f"{d.subject} came back after being declared failed; it stays quarantined until an "
+        "operator returns it."
+    ),
+    "server_returned": lambda d: (
+        f"an operator returned {d.subject} to the spare pool: {d.evidence.get('reason')}."
+    ),
+    "slot_assigned": _assigned,
+    "slot_released": lambda d: (
+        f"{d.evidence.get('owner')} gave slot {d.subject} up: {d.evidence.get('reason')}."
+    ),
+    "mode_changed": _mode,
+    "action_held": lambda d: (
+        f"the leader held back {d.evidence.get('action')} for {d.subject}: "
+        f"{d.evidence.get('reason')}."
+    ),
+}
+
+
+def explain(decision: Decision) -> str:
+    """One or two sentences saying what was decided, on what evidence, by which rule."""
+    sentence = _SENTENCES.get(decision.kind)
+    if sentence is None:
+        return f"{decision.kind} about {decision.subject}."
+    return sentence(decision)
+
+
+def incident(state: ClusterState, decision: Decision) -> list[Decision]:
+    """The decisions of the same incident, oldest first: for a server, its suspicions,
+    verdict, return, and the assignments of the slots it lost; for a slot, the same for the
+    server it was taken from."""
+    server = _incident_server(decision)
+    if server is None:
+        return [decision]
+    related = [
+        d
+        for d in state.decisions
+        if (d.kind in _SERVER_KINDS and d.subject == server)
+        or (d.kind in ("slot_assigned", "slot_released") and _took_from(d) == server)
+    ]
+    return related or [decision]
+
+
+def _incident_server(decision: Decision) -> str | None:
+    if decision.kind in _SERVER_KINDS:
+        return decision.subject
+    return _took_from(decision)
+
+
+def _took_from(decision: Decision) -> str | None:
+    if decision.kind == "slot_assigned":
+        previous = decision.evidence.get("previous_owner")
+        return previous if isinstance(previous, str) else None
+    if decision.kind == "slot_released":
+        owner = decision.evidence.get("owner")
+        return owner if isinstance(owner, str) else None
+    return None
+
+
+def explained(state: ClusterState, decision: Decision) -> dict[str, Any]:
+    """The explanation and the incident timeline, JSON-ready."""
+    timeline = incident(state, decision)
+    start = timeline[0].at
+    return {
+        "explanation": explain(decision),
+        "timeline": [
+            {
+                "id": d.id,
+                "kind": d.kind,
+                "at": d.at,
+                "after_s": round(d.at - start, 3),
+                "what": explain(d),
+            }
+            for d in timeline
+        ],
+    }

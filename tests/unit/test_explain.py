@@ -1,0 +1,85 @@
+"""Decisions explained in words, and the incident a decision belongs to."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.explain import explain, explained, incident
+from agent.statusview import render_explanation
+from consensus.state import ClusterState, Decision
+
+SUSPECTED = Decision(
+    "d000010", "server_suspected", 100.0, "m2", {"observer": "m1", "incarnation": 1}
+)
+FAILED = Decision(
+    "d000011",
+    "server_failed",
+    101.2,
+    "m2",
+    {
+        "observers": ["m1", "m3", "m4"],
+        "eligible": ["m1", "m3", "m4", "m5"],
+        "required": 3,
+        "suspected_for_s": 0.81,
+        "slots_lost": ["s2"],
+    },
+)
+ASSIGNED = Decision(
+    "d000012",
+    "slot_assigned",
+    103.5,
+    "s2",
+    {
+        "owner": "m4",
+        "previous_owner": "m2",
+        "epoch": 2,
+        "reason": "owner m2 failed",
+        "lease_silent_s": 2.4,
+        "lease_wait_s": 2.29,
+        "mode": "normal",
+    },
+)
+OTHER = Decision("d000013", "server_up", 104.0, "m5", {"incarnation": 2})
+MODE = Decision(
+    "d000014",
+    "mode_changed",
+    105.0,
+    "cascade",
+    {"from": "normal", "to": "cascade", "reason": "3 verdicts", "rule": "verdict_rate"},
+)
+STATE = ClusterState(cluster="demo", decisions=(SUSPECTED, FAILED, ASSIGNED, OTHER, MODE))
+
+
+@pytest.mark.parametrize(
+    ("decision", "words"),
+    [
+        (SUSPECTED, "m1 could not reach m2"),
+        (FAILED, "m2 was declared failed: m1, m3, m4 could not reach it (3 of 4 eligible"),
+        (ASSIGNED, "slot s2 was handed to m4 under epoch 2 because owner m2 failed"),
+        (MODE, "the leader moved the cluster from normal to cascade mode: 3 verdicts"),
+        (Decision("d1", "something_new", 1.0, "x", {}), "something_new about x."),
+    ],
+    ids=["suspected", "failed", "assigned", "mode", "unknown-kind"],
+)
+def test_explain_says_what_and_why(decision: Decision, words: str) -> None:
+    assert words in explain(decision)
+
+
+@pytest.mark.parametrize(
+    "decision",
+    [SUSPECTED, FAILED, ASSIGNED],
+    ids=["from-suspicion", "from-verdict", "from-assignment"],
+)
+def test_every_step_of_an_incident_finds_the_same_timeline(decision: Decision) -> None:
+    assert [d.id for d in incident(STATE, decision)] == ["d000010", "d000011", "d000012"]
+
+
+def test_unrelated_decisions_stand_alone() -> None:
+    assert incident(STATE, MODE) == [MODE]
+
+
+def test_explained_times_steps_from_the_first() -> None:
+    doc = explained(STATE, ASSIGNED)
+    assert [s["after_s"] for s in doc["timeline"]] == [0.0, 1.2, 3.5]
+    text = render_explanation({"id": "d000012", "kind": "slot_assigned", "subject": "s2", **doc})
+    assert "incident timeline:" in text and "* +  3.500 s  d000012" in text
