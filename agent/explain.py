@@ -142,3 +142,43 @@ def explained(state: ClusterState, decision: Decision) -> dict[str, Any]:
             for d in timeline
         ],
     }
+
+
+def incident_start(state: ClusterState, slot: str, epoch: int) -> float | None:
+    """When the trouble that moved `slot` to `epoch` began: the first suspicion (the first
+    missed probe that was reported) of the server it was taken from, or the release or
+    verdict when there was no suspicion. None when the slot was not moved to that epoch."""
+    assigned = next(
+        (
+            d
+            for d in reversed(state.decisions)
+            if d.kind == "slot_assigned" and d.subject == slot and d.evidence.get("epoch") == epoch
+        ),
+        None,
+    )
+    previous = _took_from(assigned) if assigned is not None else None
+    if assigned is None or previous is None:
+        return None
+    earlier = [
+        d
+        for d in state.decisions
+        if d.at <= assigned.at
+        and d.subject == previous
+        and d.kind in ("server_suspected", "server_failed")
+    ]
+    released = [
+        d
+        for d in state.decisions
+        if d.kind == "slot_released" and d.subject == slot and d.at <= assigned.at
+    ]
+    # The latest failure episode before the assignment: its first suspicion, or the verdict.
+    verdicts = [d for d in earlier if d.kind == "server_failed"]
+    if verdicts:
+        last_verdict = verdicts[-1]
+        suspicions = [
+            d for d in earlier if d.kind == "server_suspected" and d.at >= last_verdict.at - 60.0
+        ]
+        return min((d.at for d in suspicions), default=last_verdict.at)
+    if released:
+        return released[-1].at
+    return assigned.at

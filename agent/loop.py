@@ -12,6 +12,7 @@ import structlog
 from agent.clock import Clock
 from agent.config import ClusterConfig
 from agent.driver import InstanceSpec, ServerDriver
+from agent.explain import incident_start
 from agent.leadership import LeaderClock, plan_leader
 from agent.lease import LeaseKeeper
 from agent.metrics import AgentMetrics
@@ -109,6 +110,9 @@ class DecisionLoop:
         self._leader_clock = LeaderClock()
         self._digest = config.digest()
         self._confirmed: set[tuple[str, int, float]] = set()
+        # Slots (and epochs) already counted in the recovery histogram; seeded lazily.
+        self._recoveries: set[tuple[str, int]] = set()
+        self._recovery_term = -1
         self.last_report: TickReport | None = None
         self._last_summary = ""
 
@@ -157,6 +161,8 @@ class DecisionLoop:
         if plan.incarnation is not None and plan.incarnation != self._incarnation:
             self._adopt_incarnation(plan.incarnation)
         self._leader_clock.observe(snap, now)
+        if snap.raft.is_leader:
+            self._observe_recoveries(snap, wall)
         led, waiting = plan_leader(
             snap, self._leader_clock, now, wall, self._verdicts, self._lease_policy, self._cascade
         )
@@ -168,6 +174,24 @@ class DecisionLoop:
             self._last_summary = summary
         self.last_report = report
         return report
+
+    def _observe_recoveries(self, snap: Snapshot, wall: float) -> None:
+        """Export how long each moved slot took to serve again (once per slot and epoch). A
+        new leader counts only what recovers during its term, so nothing is counted twice."""
+        if snap.raft.term != self._recovery_term:
+            self._recovery_term = snap.raft.term
+            self._recoveries = {(s.name, s.epoch) for s in snap.state.slots if s.state == "serving"}
+        for slot in snap.state.slots:
+            key = (slot.name, slot.epoch)
+            if slot.state != "serving" or slot.epoch < 2 or key in self._recoveries:
+                continue
+            self._recoveries.add(key)
+            started = incident_start(snap.state, slot.name, slot.epoch)
+            if started is not None and wall >= started:
+                self._metrics.recovery.observe(wall - started)
+                _log.info(
+                    "slot_recovered", slot=slot.name, epoch=slot.epoch, seconds=wall - started
+                )
 
     def _adopt_incarnation(self, incarnation: int) -> None:
         self._incarnation = incarnation

@@ -88,6 +88,13 @@ class AgentMetrics:
             ["kind", "status"],
             registry=self.registry,
         )
+        self.recovery = Histogram(
+            "moonwatch_recovery_seconds",
+            "Incident recovery time: first reported missed probe (or release) to the slot "
+            "serving again on its new owner; observed by the Raft leader",
+            registry=self.registry,
+            buckets=(0.5, 1, 2, 3, 4, 5, 7.5, 10, 15, 30, 60, 120, 300),
+        )
         self.instance_actions = Counter(
             "moonwatch_instance_actions_total",
             "App instances started or stopped by this agent",

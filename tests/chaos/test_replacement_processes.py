@@ -139,6 +139,13 @@ async def test_sigkill_of_an_active_server_hands_its_slot_to_a_spare(harness: Ha
     assert servers[victim]["state"] == "failed"
     assert servers[moved["owner"]]["role"] == "active"
 
+    async def recovery_observed() -> bool:  # the leader times the incident for Prometheus
+        url = h.cluster.config.server(leader).agent_url + "/metrics"
+        async with h.http.get(url) as resp:
+            return "moonwatch_recovery_seconds_count 1.0" in await resp.text()
+
+    await wait_until(recovery_observed, 10)
+
 
 async def test_a_short_stop_is_not_a_failure(harness: Harness) -> None:
     h = harness

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.explain import explain, explained, incident
+from agent.explain import explain, explained, incident, incident_start
 from agent.statusview import render_explanation
 from consensus.state import ClusterState, Decision
 
@@ -83,3 +83,16 @@ def test_explained_times_steps_from_the_first() -> None:
     assert [s["after_s"] for s in doc["timeline"]] == [0.0, 1.2, 3.5]
     text = render_explanation({"id": "d000012", "kind": "slot_assigned", "subject": "s2", **doc})
     assert "incident timeline:" in text and "* +  3.500 s  d000012" in text
+
+
+def test_an_incident_starts_at_the_first_suspicion_of_the_server_the_slot_left() -> None:
+    assert incident_start(STATE, "s2", 2) == 100.0
+    assert incident_start(STATE, "s2", 3) is None  # never moved to epoch 3
+    assert incident_start(STATE, "s9", 2) is None
+
+
+def test_a_released_slot_starts_at_its_release() -> None:
+    released = Decision("d2", "slot_released", 50.0, "s1", {"owner": "m1", "reason": "crashes"})
+    moved = Decision("d3", "slot_assigned", 50.5, "s1", {"previous_owner": "m1", "epoch": 2})
+    state = ClusterState(cluster="demo", decisions=(released, moved))
+    assert incident_start(state, "s1", 2) == 50.0
