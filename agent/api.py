@@ -17,7 +17,7 @@ from agent.explain import explained
 from agent.loop import DecisionLoop
 from agent.metrics import AgentMetrics
 from agent.status import decision_document, decisions_document, status_document
-from consensus.commands import Command, ReturnServer, SetMode
+from consensus.commands import Command, DrainServer, ReturnServer, SetMode
 from consensus.protocol import Consensus
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -49,6 +49,7 @@ def build_api(ctx: ApiContext) -> web.Application:
     app.router.add_get("/v1/decisions/{id}", api.decision)
     app.router.add_post("/v1/servers/{name}/return", api.return_server)
     app.router.add_post("/v1/mode/resume", api.resume)
+    app.router.add_post("/v1/servers/{name}/drain", api.drain_server)
     return app
 
 
@@ -122,6 +123,26 @@ class _Api:
             return reason
         command = ReturnServer(
             id=f"return:{name}:{uuid.uuid4().hex}",
+            at=self._ctx.clock.wall(),
+            server=name,
+            reason=reason,
+        )
+        failed = await _submit_operator(self._ctx, command)
+        return failed or _json({"ok": True, "server": name, "reason": reason})
+
+    async def drain_server(self, request: web.Request) -> web.Response:
+        """Operator: take a server out of service; its slots move to spares, no verdict."""
+        denied = _authorize(request, self._ctx.api_token)
+        if denied is not None:
+            return denied
+        name = request.match_info["name"]
+        if self._ctx.consensus.snapshot().state.server(name) is None:
+            return _json({"error": f"no server {name[:64]!r}", "status": 404}, 404)
+        reason = await _reason(request)
+        if isinstance(reason, web.Response):
+            return reason
+        command = DrainServer(
+            id=f"drain:{name}:{uuid.uuid4().hex}",
             at=self._ctx.clock.wall(),
             server=name,
             reason=reason,

@@ -52,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
     back.add_argument("--url", action="append", help="an agent's URL (repeatable)")
     back.add_argument("--reason", default="returned by an operator")
 
+    drain = sub.add_parser("drain", help="move a server's slots to spares for maintenance")
+    drain.add_argument("server")
+    drain.add_argument("--config", default=DEFAULT_CONFIG, help="agents and the operator token")
+    drain.add_argument("--url", action="append", help="an agent's URL (repeatable)")
+    drain.add_argument("--reason", default="maintenance")
+
     resume = sub.add_parser("resume", help="leave cascade mode now and resume replacement")
     resume.add_argument("--config", default=DEFAULT_CONFIG, help="agents and the operator token")
     resume.add_argument("--url", action="append", help="an agent's URL (repeatable)")
@@ -77,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         return _operator(args.config, args.url, f"/v1/servers/{args.server}/return", args.reason)
     if args.command == "explain":
         return _explain(args.id, args.config, args.url)
+    if args.command == "drain":
+        return _operator(args.config, args.url, f"/v1/servers/{args.server}/drain", args.reason)
     if args.command == "resume":
         return _operator(args.config, args.url, "/v1/mode/resume", args.reason)
     config = _load(args.config)

@@ -109,7 +109,8 @@ class Edge:
                 return response
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
             _log.info("edge_upstream_failed", slot=slot.name, address=slot.address, error=str(exc))
-            return _unavailable(slot, "is not answering", status=502)
+            # The owner is stopping, moving or dead: a short wait, not a broken gateway.
+            return _unavailable(slot, "is not answering")
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:

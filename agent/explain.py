@@ -16,6 +16,7 @@ _SERVER_KINDS = frozenset(
         "server_back_quarantined",
         "server_returned",
         "server_up",
+        "server_draining",
     }
 )
 
@@ -74,6 +75,10 @@ _SENTENCES: dict[str, Callable[[Decision], str]] = {
         f"an operator returned {d.subject} to the spare pool: {d.evidence.get('reason')}."
     ),
     "slot_assigned": _assigned,
+    "server_draining": lambda d: (
+        f"an operator is draining {d.subject} ({d.evidence.get('reason')}); its slots "
+        f"{', '.join(d.evidence.get('slots', [])) or '(none)'} move to spares without a verdict."
+    ),
     "slot_released": lambda d: (
         f"{d.evidence.get('owner')} gave slot {d.subject} up: {d.evidence.get('reason')}."
     ),

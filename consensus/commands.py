@@ -193,6 +193,21 @@ class ReturnServer:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DrainServer:
+    """An operator takes a server out of service for maintenance, without any verdict: it
+    stops and releases its slots, which the leader hands to spares at once."""
+
+    __pydantic_config__ = _STRICT
+
+    id: str
+    at: float
+    server: str
+    reason: str
+    kind: Literal["drain_server"] = "drain_server"
+    version: int = COMMAND_VERSION
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SetMode:
     """The leader (or an operator) moves the cluster between normal, cascade and recovering."""
 
@@ -237,6 +252,7 @@ Command = (
     | ReturnServer
     | SetMode
     | RecordHeld
+    | DrainServer
 )
 
 _COMMAND_ADAPTER: Final = TypeAdapter[Command](Annotated[Command, Field(discriminator="kind")])

@@ -13,6 +13,7 @@ from consensus.commands import (
     Bootstrap,
     Command,
     CommandDecodeError,
+    DrainServer,
     DropSuspicion,
     MarkServerFailed,
     RecordHeld,
@@ -44,6 +45,7 @@ _HANDLERS: Final[dict[type, Callable[[ClusterState, Any], ClusterState]]] = {
     ReturnServer: membership.return_server,
     SetMode: modes.set_mode,
     RecordHeld: modes.record_held,
+    DrainServer: membership.drain_server,
 }
 
 

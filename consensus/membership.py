@@ -6,6 +6,7 @@ import dataclasses
 from typing import Final
 
 from consensus.commands import (
+    DrainServer,
     DropSuspicion,
     MarkServerFailed,
     ReportProbe,
@@ -30,7 +31,11 @@ def server_up(state: ClusterState, cmd: ServerUp) -> ClusterState:
             stale=True,
         )
     suspected = state.suspicion(cmd.server) is not None
-    new_state: ServerState = "quarantined" if server.state in ("failed", "quarantined") else "up"
+    new_state: ServerState = "up"
+    if server.state in ("failed", "quarantined"):
+        new_state = "quarantined"
+    elif server.state == "draining":
+        new_state = "draining"  # a restart does not end maintenance
     state = put_server(
         state, dataclasses.replace(server, state=new_state, incarnation=cmd.incarnation)
     )
@@ -118,9 +123,15 @@ def return_server(state: ClusterState, cmd: ReturnServer) -> ClusterState:
     live agent and is up at once; a failed one is up once its agent joins again. Slots it lost
     stay lost until the leader hands them over; their lease still fences the old instance."""
     server = known_server(state, cmd.server, cmd.kind)
-    if server.state not in ("failed", "quarantined"):
+    if server.state not in ("failed", "quarantined", "draining"):
         raise CommandRejected(f"return_server: {cmd.server} is {server.state}, not out of the pool")
-    new_state: ServerState = "up" if server.state == "quarantined" else "new"
+    if server.state == "draining":
+        owned = [s.name for s in state.slots_owned_by(cmd.server) if s.state not in ("released",)]
+        if owned:
+            raise CommandRejected(
+                f"return_server: {cmd.server} is still handing over {', '.join(owned)}"
+            )
+    new_state: ServerState = "up" if server.state in ("quarantined", "draining") else "new"
     returned = ServerRecord(
         server.name, "spare", server.domain, state=new_state, incarnation=server.incarnation
     )
@@ -138,3 +149,16 @@ def _without_suspicion(state: ClusterState, target: str) -> ClusterState:
     return dataclasses.replace(
         state, suspicions=tuple(s for s in state.suspicions if s.target != target)
     )
+
+
+def drain_server(state: ClusterState, cmd: DrainServer) -> ClusterState:
+    server = known_server(state, cmd.server, cmd.kind)
+    if server.state == "draining":
+        raise CommandRejected(f"drain_server: {cmd.server} is already draining", stale=True)
+    if server.state != "up":
+        raise CommandRejected(f"drain_server: {cmd.server} is {server.state}, not in service")
+    state = put_server(state, dataclasses.replace(server, state="draining"))
+    state = _without_suspicion(state, cmd.server)
+    slots = [s.name for s in state.slots_owned_by(cmd.server) if s.state in ("assigned", "serving")]
+    evidence = {"reason": cmd.reason, "slots": slots}
+    return decide(state, "server_draining", cmd.at, cmd.server, evidence)

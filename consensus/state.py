@@ -17,7 +17,8 @@ MAX_REMEMBERED_COMMANDS: Final = 512
 _STRICT: Final = ConfigDict(extra="forbid")
 
 Role = Literal["active", "spare"]
-ServerState = Literal["new", "up", "failed", "quarantined"]
+# draining: an operator is taking it out of service; it hands its slots over and owns nothing.
+ServerState = Literal["new", "up", "failed", "quarantined", "draining"]
 # lost: the owner was declared failed; it may still serve until its lease runs out.
 SlotState = Literal["unassigned", "assigned", "serving", "released", "lost"]
 

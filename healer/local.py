@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -80,6 +81,8 @@ def plan_local(
         stops = tuple(StopInstance(s, "not a member") for s in sorted(view.instances))
         return LocalPlan(f"{view.server} is not a member of the committed cluster", stops=stops)
     stops = _stops(state, me, view)
+    if me.state == "draining" and me.incarnation == view.incarnation:
+        return _drain(state, view, stops, now)
     membership = _membership(state, me, view, now)
     if membership is not None:
         return LocalPlan(membership[0], membership[1], (), stops, incarnation=membership[2])
@@ -103,6 +106,22 @@ def plan_local(
     stops += tuple(StopInstance(c.slot, "gave up after repeated crashes") for c in releases)
     summary = _summary(view.server, owned, starts, serving, stops, confirm, releases)
     return LocalPlan(summary, (*releases, *serving), starts, stops, confirm)
+
+
+def _drain(
+    state: ClusterState, view: LocalView, stops: tuple[StopInstance, ...], now: float
+) -> LocalPlan:
+    """Maintenance: stop every instance, then release each slot so the leader can hand it to a
+    spare at once (the instance is stopped before the release commits, so nothing overlaps)."""
+    held = [s for s in state.slots_owned_by(view.server) if s.state in ("assigned", "serving")]
+    releases = tuple(
+        dataclasses.replace(_release(s, view.server, now), reason="drained by an operator")
+        for s in held
+    )
+    if not releases and not stops:
+        return LocalPlan("draining: nothing left to hand over; an operator returns this server")
+    names = ", ".join(r.slot for r in releases) or "nothing"
+    return LocalPlan(f"draining: stopping and releasing {names}", releases, (), stops)
 
 
 def _membership(

@@ -292,3 +292,55 @@ async def test_three_actives_stopped_at_once_is_a_cascade_that_ends_by_itself(
         await cluster.stop(timeout_s=10.0)
     checked = Harness(cluster, None).check_overlap()  # type: ignore[arg-type]
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+async def test_drain_under_load_moves_the_slot_with_at_most_a_short_503(harness: Harness) -> None:
+    """While a client reads a tenant through the edge, an operator drains its server."""
+    h = harness
+    leader = await h.leader()
+    victim = next(n for n in ("a1", "a2", "a3") if n != leader)
+    slot = (await h.status())["slots"][int(victim[1]) - 1]
+    tenant = slot["tenants"][0]
+    url = h.cluster.config.server(leader).edge_url + "/"
+    seen: list[tuple[int, str | None, str | None]] = []
+    stop = asyncio.Event()
+
+    async def client() -> None:
+        while not stop.is_set():
+            try:
+                async with h.http.get(url, headers={"Host": f"{tenant}.localhost"}) as resp:
+                    seen.append(
+                        (
+                            resp.status,
+                            resp.headers.get("X-Moonwatch-Server"),
+                            resp.headers.get("Retry-After"),
+                        )
+                    )
+            except (aiohttp.ClientError, TimeoutError):
+                seen.append((0, None, None))
+            await asyncio.sleep(0.02)
+
+    reader = asyncio.create_task(client())
+    try:
+        await asyncio.sleep(0.5)
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "agent", "drain", victim, "--config",
+             str(h.cluster.config_path), "--reason", "kernel upgrade"],
+            capture_output=True, text=True, check=False, timeout=30,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        await wait_until(lambda: served_by_other(h, tenant, victim, leader), 20)
+        await asyncio.sleep(0.5)
+    finally:
+        stop.set()
+        await reader
+    statuses = {s for s, _, _ in seen}
+    assert statuses <= {200, 503}, seen  # no connection errors, no 502
+    unavailable = [r for r in seen if r[0] == 503]
+    assert all(retry is not None for _, _, retry in unavailable)
+    assert len(unavailable) * 0.02 < 5.0  # a short window, not an outage
+    assert seen[0][1] == victim and seen[-1][1] not in (None, victim)
+    assert await h.verdicts() == []  # maintenance is not a failure
+    servers = {s["name"]: s for s in (await h.status())["servers"]}
+    assert servers[victim]["state"] == "draining"
