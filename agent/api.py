@@ -111,27 +111,16 @@ class _Api:
         return _json({**decision_document(decision), **explained(snap_state, decision)})
 
     async def return_server(self, request: web.Request) -> web.Response:
-        """Operator: put a failed or quarantined server back into the spare pool."""
-        denied = _authorize(request, self._ctx.api_token)
-        if denied is not None:
-            return denied
-        name = request.match_info["name"]
-        if self._ctx.consensus.snapshot().state.server(name) is None:
-            return _json({"error": f"no server {name[:64]!r}", "status": 404}, 404)
-        reason = await _reason(request)
-        if isinstance(reason, web.Response):
-            return reason
-        command = ReturnServer(
-            id=f"return:{name}:{uuid.uuid4().hex}",
-            at=self._ctx.clock.wall(),
-            server=name,
-            reason=reason,
-        )
-        failed = await _submit_operator(self._ctx, command)
-        return failed or _json({"ok": True, "server": name, "reason": reason})
+        """Operator: put a failed, quarantined or drained server back into the spare pool."""
+        return await self._server_call(request, ReturnServer, "return")
 
     async def drain_server(self, request: web.Request) -> web.Response:
         """Operator: take a server out of service; its slots move to spares, no verdict."""
+        return await self._server_call(request, DrainServer, "drain")
+
+    async def _server_call(
+        self, request: web.Request, make: type[ReturnServer] | type[DrainServer], verb: str
+    ) -> web.Response:
         denied = _authorize(request, self._ctx.api_token)
         if denied is not None:
             return denied
@@ -141,8 +130,8 @@ class _Api:
         reason = await _reason(request)
         if isinstance(reason, web.Response):
             return reason
-        command = DrainServer(
-            id=f"drain:{name}:{uuid.uuid4().hex}",
+        command = make(
+            id=f"{verb}:{name}:{uuid.uuid4().hex}",
             at=self._ctx.clock.wall(),
             server=name,
             reason=reason,

@@ -84,19 +84,31 @@ def operator_call(
     urls: list[str], path: str, token: str, reason: str, timeout_s: float = 10.0
 ) -> tuple[int, dict[str, Any]]:
     """POST an authenticated operator call to the first agent that answers at all."""
-    failures: list[str] = []
     payload = json.dumps({"reason": reason}).encode()
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    return _first_answer(urls, path, timeout_s, data=payload, headers=headers)
+
+
+def fetch_json(urls: list[str], path: str, timeout_s: float = 2.0) -> tuple[int, dict[str, Any]]:
+    """GET `path` from the first agent that answers at all (any HTTP status)."""
+    return _first_answer(urls, path, timeout_s)
+
+
+def _first_answer(
+    urls: list[str],
+    path: str,
+    timeout_s: float,
+    data: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, Any]]:
+    failures: list[str] = []
     for url in urls:
         target = url.rstrip("/") + path
         if not target.startswith(("http://", "https://")):
             failures.append(f"{url}: only http:// and https:// URLs are supported")
             continue
-        request = urllib.request.Request(
-            target,
-            data=payload,
-            method="POST",
-            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-        )
+        method = "POST" if data is not None else "GET"
+        request = urllib.request.Request(target, data=data, method=method, headers=headers or {})
         try:
             with urllib.request.urlopen(request, timeout=timeout_s) as resp:
                 return resp.status, _object(resp.read())
@@ -113,24 +125,6 @@ def _object(raw: bytes) -> dict[str, Any]:
     except ValueError:
         return {"error": raw[:200].decode(errors="replace")}
     return body if isinstance(body, dict) else {"error": str(body)[:200]}
-
-
-def fetch_json(urls: list[str], path: str, timeout_s: float = 2.0) -> tuple[int, dict[str, Any]]:
-    """GET `path` from the first agent that answers at all (any HTTP status)."""
-    failures: list[str] = []
-    for url in urls:
-        target = url.rstrip("/") + path
-        if not target.startswith(("http://", "https://")):
-            failures.append(f"{url}: only http:// and https:// URLs are supported")
-            continue
-        try:
-            with urllib.request.urlopen(target, timeout=timeout_s) as resp:
-                return resp.status, _object(resp.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, _object(exc.read())
-        except (urllib.error.URLError, OSError) as exc:
-            failures.append(f"{target}: {getattr(exc, 'reason', exc)}")
-    raise StatusUnavailable("no agent answered:\n  " + "\n  ".join(failures))
 
 
 def render_explanation(doc: dict[str, Any]) -> str:
