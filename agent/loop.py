@@ -140,7 +140,19 @@ class DecisionLoop:
             except Exception:  # noqa: BLE001  # one bad tick must not end the loop; next one retries
                 _log.exception("tick_failed")
             self._metrics.ticks.observe(self._clock.monotonic() - started)
-            await self._consensus.wait_changed(seen, tick_s)
+            await self._wait_for_news(seen, started + tick_s)
+
+    async def _wait_for_news(self, seen: int, deadline: float) -> None:
+        """Until the next tick is due, or sooner when something that matters changed. Lease
+        renewals commit several times a second and change nothing a tick decides on."""
+        before = _relevant(self._consensus.snapshot())
+        while (remaining := deadline - self._clock.monotonic()) > 0:
+            if not await self._consensus.wait_changed(seen, remaining):
+                return
+            snap = self._consensus.snapshot()
+            seen = snap.version
+            if _relevant(snap) != before:
+                return
 
     async def tick(self) -> TickReport:
         await self._driver.probe()
@@ -246,3 +258,18 @@ class DecisionLoop:
             data_dir=self._config.data_dir / "slots" / slot,
             overlap_log=self._config.data_dir / "overlap" / f"{slot}.log",
         )
+
+
+def _relevant(snap: Snapshot) -> tuple[object, ...]:
+    """What a tick decides on: everything but lease renewals and Raft indices."""
+    state = snap.state
+    return (
+        snap.raft.leader,
+        snap.raft.term,
+        snap.raft.is_leader,
+        state.decision_seq,
+        state.mode,
+        tuple((s.state, s.incarnation) for s in state.servers),
+        tuple((s.owner, s.epoch, s.state, s.address) for s in state.slots),
+        tuple((s.target, len(s.reports)) for s in state.suspicions),
+    )
