@@ -108,10 +108,16 @@ def incident(state: ClusterState, decision: Decision) -> list[Decision]:
     related = [
         d
         for d in state.decisions
-        if (d.kind in _SERVER_KINDS and d.subject == server)
+        if (d.kind in _SERVER_KINDS and d.kind != "server_up" and d.subject == server)
         or (d.kind in ("slot_assigned", "slot_released") and _took_from(d) == server)
     ]
-    return related or [decision]
+    # One incident: from the last suspicion at or before this decision to the next one after.
+    starts = [d.at for d in related if d.kind == "server_suspected" and d.at <= decision.at]
+    begin = max(starts, default=min((d.at for d in related), default=decision.at))
+    after = [d.at for d in related if d.kind == "server_suspected" and d.at > decision.at]
+    end = min(after, default=float("inf"))
+    episode = [d for d in related if begin <= d.at < end]
+    return episode or [decision]
 
 
 def _incident_server(decision: Decision) -> str | None:

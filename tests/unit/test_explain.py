@@ -96,3 +96,14 @@ def test_a_released_slot_starts_at_its_release() -> None:
     moved = Decision("d3", "slot_assigned", 50.5, "s1", {"previous_owner": "m1", "epoch": 2})
     state = ClusterState(cluster="demo", decisions=(released, moved))
     assert incident_start(state, "s1", 2) == 50.0
+
+
+def test_a_later_incident_of_the_same_server_is_its_own_timeline() -> None:
+    again = Decision("d000020", "server_suspected", 500.0, "m2", {"observer": "m3"})
+    failed = Decision("d000021", "server_failed", 501.0, "m2", {"slots_lost": []})
+    joined = Decision("d000005", "server_up", 50.0, "m2", {"incarnation": 1})
+    state = ClusterState(
+        cluster="demo", decisions=(joined, SUSPECTED, FAILED, ASSIGNED, again, failed)
+    )
+    assert [d.id for d in incident(state, FAILED)] == ["d000010", "d000011", "d000012"]
+    assert [d.id for d in incident(state, failed)] == ["d000020", "d000021"]
