@@ -157,6 +157,8 @@ class CascadeConfig(_FrozenModel):
     # Replacements still allowed in cascade mode, per budget_window_s.
     budget: int = Field(default=1, ge=0)
     budget_window_s: Seconds = 300.0
+    # Replacements allowed per budget_window_s in normal mode too: a runaway bound.
+    normal_budget: int = Field(default=10, ge=1)
 
 
 class SecretsConfig(_FrozenModel):

@@ -106,6 +106,7 @@ class DecisionLoop:
             quiet_s=cascade.quiet_s,
             budget=cascade.budget,
             budget_window_s=cascade.budget_window_s,
+            normal_budget=cascade.normal_budget,
         )
         self._leader_clock = LeaderClock()
         self._digest = config.digest()

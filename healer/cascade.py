@@ -26,6 +26,8 @@ class CascadePolicy:
     # Replacements allowed while in cascade mode, per budget window.
     budget: int = 1
     budget_window_s: float = 300.0
+    # Replacements allowed in normal mode per budget window (None: no limit).
+    normal_budget: int | None = None
 
     def threshold(self, actives: int) -> int:
         return max(self.min_verdicts, math.ceil(self.verdict_fraction * actives))
@@ -137,15 +139,19 @@ def _recovered(state: ClusterState, since: float, policy: CascadePolicy) -> tupl
 
 
 def replacements_left(state: ClusterState, now: float, policy: CascadePolicy) -> int | None:
-    """How many more assignments cascade mode allows now (None: no limit, normal mode)."""
-    if state.mode == "normal":
-        return None
+    """How many more assignments the current mode allows now (None: no limit). Cascade and
+    recovering share `budget`; normal mode has its own `normal_budget`, if any."""
     since = now - policy.budget_window_s
-    used = sum(
+    if state.mode == "normal":
+        if policy.normal_budget is None:
+            return None
+        return max(0, policy.normal_budget - _assignments_since(state, since, ("normal",)))
+    return max(0, policy.budget - _assignments_since(state, since, ("cascade", "recovering")))
+
+
+def _assignments_since(state: ClusterState, since: float, modes: tuple[str, ...]) -> int:
+    return sum(
         1
         for d in state.decisions
-        if d.kind == "slot_assigned"
-        and d.at >= since
-        and d.evidence.get("mode") in ("cascade", "recovering")
+        if d.kind == "slot_assigned" and d.at >= since and d.evidence.get("mode") in modes
     )
-    return max(0, policy.budget - used)

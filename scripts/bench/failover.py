@@ -157,7 +157,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         # One failure at a time, every few seconds: that is not a cascade, so the benchmark
         # raises the cascade threshold out of the way (tests/chaos covers cascade mode).
         config = cluster_config(
-            root / "data", actives=3, spares=2, voters=3, cascade={"min_verdicts": 1000}
+            root / "data",
+            actives=3,
+            spares=2,
+            voters=3,
+            cascade={"min_verdicts": 1000, "normal_budget": 1000},
         )
         path = write_config(root / "cluster.yml", config)
         cluster = LocalCluster(path, load_config(path), SystemClock())

@@ -422,6 +422,27 @@ def assigned(offset: float, mode: str) -> Decision:
     ("mode", "policy", "assignments", "left"),
     [
         pytest.param("normal", POLICY, [assigned(-1, "cascade")], None, id="normal-no-limit"),
+        pytest.param(
+            "normal",
+            CascadePolicy(normal_budget=2),
+            [assigned(-2, "normal"), assigned(-1, "cascade")],
+            1,
+            id="normal-budget-counts-normal-assignments",
+        ),
+        pytest.param(
+            "normal",
+            CascadePolicy(normal_budget=2),
+            [assigned(-3, "normal"), assigned(-2, "normal"), assigned(-1, "normal")],
+            0,
+            id="normal-budget-never-negative",
+        ),
+        pytest.param(
+            "normal",
+            CascadePolicy(normal_budget=1),
+            [assigned(-300.01, "normal")],
+            1,
+            id="normal-budget-window",
+        ),
         pytest.param("cascade", POLICY, [], 1, id="cascade-unused"),
         pytest.param("cascade", POLICY, [assigned(-1, "cascade")], 0, id="cascade-used"),
         pytest.param("cascade", POLICY, [assigned(-300, "cascade")], 0, id="used-on-window-edge"),
@@ -669,4 +690,15 @@ def test_recovering_mode_keeps_the_budget_across_ticks() -> None:
     first, state = leader_tick(state, clock, 10.0, W, POLICY)
     assert summary(first) == [("assign_slot", "s00"), ("record_held", "s01")]
     second, _ = leader_tick(state, clock, 10.1, W + 0.1, POLICY)
+    assert [c for c in second if isinstance(c, AssignSlot)] == []
+
+
+def test_normal_mode_has_its_own_budget_across_ticks() -> None:
+    """Two lost slots without a cascade (a high threshold): the normal budget moves one."""
+    policy = CascadePolicy(min_verdicts=10, normal_budget=1)
+    clock = LeaderClock()
+    first, state = leader_tick(LOST_TWO, clock, 10.0, W, policy)
+    assert summary(first) == [("assign_slot", "s00"), ("record_held", "s01")]
+    assert state.mode == "normal"
+    second, _ = leader_tick(state, clock, 10.1, W + 0.1, policy)
     assert [c for c in second if isinstance(c, AssignSlot)] == []
