@@ -8,7 +8,7 @@ from agent.api import ApiContext, build_api
 from agent.clock import Clock
 from agent.config import ClusterConfig
 from agent.daemon import AgentParts, next_incarnation, store_incarnation
-from agent.driver import ProcessDriver, ServerDriver
+from agent.driver import ProcessDriver, RestartPolicy, ServerDriver
 from agent.edge import Edge
 from agent.lease import LeaseKeeper
 from agent.loop import DecisionLoop
@@ -42,7 +42,13 @@ def build_agent(
     """Wire one agent. Tests pass their own consensus or driver; production passes neither."""
     me = config.server(server)
     consensus = consensus or SyncObjConsensus(raft_settings(config, server), clock)
-    driver = driver or ProcessDriver(clock)
+    driver = driver or ProcessDriver(
+        clock,
+        RestartPolicy(
+            health_interval_s=config.timing.app_health_interval_s,
+            start_grace_s=config.timing.app_start_timeout_s,
+        ),
+    )
     metrics = AgentMetrics(consensus.snapshot)
     incarnation_file = config.data_dir / "servers" / server / "incarnation"
     incarnation = next_incarnation(incarnation_file)
