@@ -161,6 +161,23 @@ class CascadeConfig(_FrozenModel):
     normal_budget: int = Field(default=10, ge=1)
 
 
+class HealingConfig(_FrozenModel):
+    """Which spares replacement may use, when a repaired server rejoins, and Raft voters."""
+
+    # Spares that automatic replacement leaves alone (operator drains may still use them);
+    # with only this many spares left, the cluster counts its spares as run out.
+    spare_reserve: int = Field(default=0, ge=0)
+    # A server back after a verdict (quarantined) returns to the spare pool by itself after
+    # staying healthy this long; null leaves every return to an operator.
+    auto_return_s: Seconds | None = 120.0
+    # A server with flap_failures verdicts within flap_window_s stays quarantined until an
+    # operator returns it (flap quarantine).
+    flap_failures: int = Field(default=2, ge=2, le=8)
+    flap_window_s: Seconds = 3600.0
+    # Replace a failed Raft voter by a healthy non-voter (Raft dynamic membership).
+    replace_voters: bool = True
+
+
 class SecretsConfig(_FrozenModel):
     """Shared secrets, each given literally, as `<name>_file` or `<name>_env`; always resolved."""
 
@@ -242,6 +259,7 @@ class ClusterConfig(_FrozenModel):
     timing: TimingConfig = TimingConfig()
     detection: DetectionConfig = DetectionConfig()
     cascade: CascadeConfig = CascadeConfig()
+    healing: HealingConfig = HealingConfig()
 
     @field_validator("data_dir", mode="before")
     @classmethod

@@ -12,6 +12,7 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 STATE_SCHEMA: Final = 1
 MAX_DECISIONS: Final = 1000
 MAX_REMEMBERED_COMMANDS: Final = 512
+MAX_FAILURES_KEPT: Final = 8
 
 # A snapshot from a newer agent with fields we do not know must not load as if complete.
 _STRICT: Final = ConfigDict(extra="forbid")
@@ -34,6 +35,10 @@ class ServerRecord:
     domain: str
     state: ServerState = "new"
     incarnation: int = 0
+    # Wall time (the committing command's `at`) of the last change of `state`.
+    since: float = 0.0
+    # Wall times of the latest verdicts against it (at most MAX_FAILURES_KEPT): flap evidence.
+    failures: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +106,22 @@ class Suspicion:
 
 
 @dataclass(frozen=True, slots=True)
+class VoterChange:
+    """A Raft membership change in progress: `add` becomes a voter, then `remove` leaves.
+
+    step "prepare": committed intent; `add` restarts its Raft node as a full node.
+    step "added": the Raft log has committed `add` as a voter; `remove` leaves next.
+    """
+
+    __pydantic_config__ = _STRICT
+
+    add: str
+    remove: str
+    since: float
+    step: Literal["prepare", "added"] = "prepare"
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterState:
     """Everything the cluster agrees on. Small by design: it is pickled into Raft snapshots."""
 
@@ -118,6 +139,9 @@ class ClusterState:
     decision_seq: int = 0
     applied: int = 0
     recent_commands: tuple[str, ...] = ()
+    # The Raft voters as the cluster last recorded them, and a membership change under way.
+    voters: tuple[str, ...] = ()
+    voter_change: VoterChange | None = None
 
     @property
     def bootstrapped(self) -> bool:
