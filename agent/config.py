@@ -15,6 +15,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    IPvAnyNetwork,
     SecretStr,
     Strict,
     ValidationError,
@@ -178,6 +179,54 @@ class HealingConfig(_FrozenModel):
     replace_voters: bool = True
 
 
+class TenantLimits(_FrozenModel):
+    """What one tenant may use of the whole cluster; a missing key takes the default."""
+
+    rps: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    share: float | None = Field(default=None, gt=0, le=1)
+    concurrent: int | None = Field(default=None, ge=1)
+
+
+class ThrottleConfig(_FrozenModel):
+    """Stopping a tenant subdomain that floods the service, so that the others keep working."""
+
+    # Cluster-wide limits per tenant (requests per second, share of all requests, requests
+    # in flight), and per-tenant overrides of them.
+    limits: TenantLimits = TenantLimits(rps=20.0, share=0.5, concurrent=10)
+    tenants: dict[Tenant, TenantLimits] = Field(default_factory=dict)
+    # The share limit counts only while the cluster carries at least this many requests/s.
+    share_min_rps: float = Field(default=50.0, gt=0, allow_inf_nan=False)
+    # Over a limit for this long: stopped for stop_s, doubled for each repeat within
+    # repeat_window_s, at most max_stop_s.
+    confirm_s: Seconds = 1.0
+    stop_s: Seconds = 30.0
+    max_stop_s: Seconds = 3600.0
+    repeat_window_s: Seconds = 3600.0
+    # Each edge reports its counts this often; it tracks at most max_tracked subdomains.
+    report_interval_s: Seconds = 1.0
+    max_tracked: int = Field(default=10_000, ge=16, le=1_000_000)
+    # Each edge's own token bucket per tenant holds this many seconds of the rps limit.
+    local_burst_s: Seconds = 2.0
+    # Peers whose X-Forwarded-For is believed (addresses or CIDR ranges).
+    trusted_proxies: tuple[IPvAnyNetwork, ...] = ()
+
+    @model_validator(mode="after")
+    def _stops(self) -> ThrottleConfig:
+        if self.max_stop_s < self.stop_s:
+            raise ValueError(f"max_stop_s {self.max_stop_s} is less than stop_s {self.stop_s}")
+        return self
+
+
+class MqttConfig(_FrozenModel):
+    """The MQTT broker that carries traffic reports (the agents fall back to HTTP without it)."""
+
+    host: Host = "127.0.0.1"
+    port: Port = 1883
+    topic_prefix: Name = "moonwatch"
+    # `moonwatch up` starts a local mosquitto on this port for the demo.
+    managed: bool = False
+
+
 class SecretsConfig(_FrozenModel):
     """Shared secrets, each given literally, as `<name>_file` or `<name>_env`; always resolved."""
 
@@ -260,6 +309,8 @@ class ClusterConfig(_FrozenModel):
     detection: DetectionConfig = DetectionConfig()
     cascade: CascadeConfig = CascadeConfig()
     healing: HealingConfig = HealingConfig()
+    throttle: ThrottleConfig = ThrottleConfig()
+    mqtt: MqttConfig | None = None
 
     @field_validator("data_dir", mode="before")
     @classmethod

@@ -249,7 +249,30 @@ def cluster_problems(config: ClusterConfig) -> list[Problem]:
                     f"{slot.owner!r} is a spare; only active servers own slots",
                 )
             )
-    return problems + port_problems(config.servers, len(config.slots))
+    tenants = {t for slot in config.slots for t in slot.tenants}
+    for tenant in config.throttle.tenants:
+        if tenant not in tenants:
+            problems.append((("throttle", "tenants", tenant), f"{tenant!r} is not a tenant"))
+    return problems + port_problems(config.servers, len(config.slots)) + _mqtt_problems(config)
+
+
+def _mqtt_problems(config: ClusterConfig) -> list[Problem]:
+    """A broker that `moonwatch up` starts must not take a port a server binds."""
+    mqtt = config.mqtt
+    if mqtt is None or not mqtt.managed:
+        return []
+    return [
+        (
+            ("mqtt", "port"),
+            f"port {mqtt.port} on {mqtt.host} is already used by {format_loc(('servers', i))}",
+        )
+        for i, server in enumerate(config.servers)
+        if server.host == mqtt.host and mqtt.port in _ports_of(server, len(config.slots))
+    ]
+
+
+def _ports_of(server: ServerConfig, app_count: int) -> set[int]:
+    return {port for _, port in _claims(0, server, app_count)}
 
 
 def _claims(index: int, server: ServerConfig, app_count: int) -> Iterator[tuple[Loc, int]]:

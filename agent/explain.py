@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from consensus.state import ClusterState, Decision
+from healer.returns import AUTO_RETURN, FLAP_QUARANTINE
 
 _SERVER_KINDS = frozenset(
     {
@@ -18,6 +19,13 @@ _SERVER_KINDS = frozenset(
         "server_up",
         "server_draining",
     }
+)
+
+
+# Decisions about a slot or a voter that belong to the incident of the server they replace.
+_MOVE_KINDS = frozenset({"slot_assigned", "slot_released", "slot_serving"})
+_VOTER_KINDS = frozenset(
+    {"voter_replacement_started", "voter_added", "voter_removed", "voter_replacement_abandoned"}
 )
 
 
@@ -52,6 +60,31 @@ def _mode(d: Decision) -> str:
     )
 
 
+def _returned(d: Decision) -> str:
+    reason = str(d.evidence.get("reason", "?"))
+    if not reason.startswith(f"{AUTO_RETURN}:"):
+        return f"an operator returned {d.subject} to the spare pool: {reason}."
+    rule = reason.removeprefix(f"{AUTO_RETURN}:").strip()
+    return (
+        f"the leader returned {d.subject} to the spare pool by itself ({rule}): it had come "
+        "back after its verdict, served nothing while quarantined, and does not flap."
+    )
+
+
+def _held(d: Decision) -> str:
+    e = d.evidence
+    if e.get("action") == "return_server" and e.get("reason") == FLAP_QUARANTINE:
+        failures = e.get("failures", [])
+        window = e.get("window_s")
+        within = f"{window:g}" if isinstance(window, int | float) else "?"
+        return (
+            f"{d.subject} stays quarantined ({FLAP_QUARANTINE}): {len(failures)} verdicts "
+            f"within {within} s, so the leader does not return it by itself; only an "
+            f"operator does (moonwatch return {d.subject})."
+        )
+    return f"the leader held back {e.get('action')} for {d.subject}: {e.get('reason')}."
+
+
 _SENTENCES: dict[str, Callable[[Decision], str]] = {
     "bootstrap": lambda d: f"cluster {d.subject} was created from its configuration.",
     "server_up": lambda d: f"{d.subject} joined as incarnation {d.evidence.get('incarnation')}.",
@@ -68,12 +101,11 @@ _SENTENCES: dict[str, Callable[[Decision], str]] = {
     ),
     "server_failed": _failed,
     "server_back_quarantined": lambda d: (
-        f"{d.subject} came back after being declared failed; it stays quarantined until an "
-        "operator returns it."
+        f"{d.subject} came back after being declared failed; it stays quarantined, serving "
+        "nothing, until an operator returns it or, if it does not flap, the leader does once "
+        "it has stayed healthy long enough."
     ),
-    "server_returned": lambda d: (
-        f"an operator returned {d.subject} to the spare pool: {d.evidence.get('reason')}."
-    ),
+    "server_returned": _returned,
     "slot_assigned": _assigned,
     "server_draining": lambda d: (
         f"an operator is draining {d.subject} ({d.evidence.get('reason')}); its slots "
@@ -83,9 +115,27 @@ _SENTENCES: dict[str, Callable[[Decision], str]] = {
         f"{d.evidence.get('owner')} gave slot {d.subject} up: {d.evidence.get('reason')}."
     ),
     "mode_changed": _mode,
-    "action_held": lambda d: (
-        f"the leader held back {d.evidence.get('action')} for {d.subject}: "
-        f"{d.evidence.get('reason')}."
+    "action_held": _held,
+    "slot_serving": lambda d: (
+        f"{d.evidence.get('owner')} serves slot {d.subject} again (epoch "
+        f"{d.evidence.get('epoch')}) at {d.evidence.get('address')}: the incident is over."
+    ),
+    "voter_replacement_started": lambda d: (
+        f"Raft voter {d.subject} failed; {d.evidence.get('add')} is to take its place as a "
+        f"voter (voters were {', '.join(d.evidence.get('voters', []))}), added before "
+        f"{d.subject} is removed so the group never shrinks."
+    ),
+    "voter_added": lambda d: (
+        f"{d.subject} is a Raft voter now, caught up with the log; voters "
+        f"{', '.join(d.evidence.get('voters', []))}."
+    ),
+    "voter_removed": lambda d: (
+        f"{d.subject} was removed from the Raft voters; voters "
+        f"{', '.join(d.evidence.get('voters', []))}: the group again survives one failure."
+    ),
+    "voter_replacement_abandoned": lambda d: (
+        f"replacing Raft voter {d.subject} by {d.evidence.get('add')} was abandoned: "
+        f"{d.evidence.get('reason')}; the leader picks again."
     ),
 }
 
@@ -109,7 +159,7 @@ def incident(state: ClusterState, decision: Decision) -> list[Decision]:
         d
         for d in state.decisions
         if (d.kind in _SERVER_KINDS and d.kind != "server_up" and d.subject == server)
-        or (d.kind in ("slot_assigned", "slot_released") and _took_from(d) == server)
+        or (d.kind in _MOVE_KINDS | _VOTER_KINDS and _took_from(d) == server)
     ]
     # One incident: from the last suspicion at or before this decision to the next one after.
     starts = [d.at for d in related if d.kind == "server_suspected" and d.at <= decision.at]
@@ -133,6 +183,12 @@ def _took_from(decision: Decision) -> str | None:
     if decision.kind == "slot_released":
         owner = decision.evidence.get("owner")
         return owner if isinstance(owner, str) else None
+    if decision.kind == "slot_serving":
+        previous = decision.evidence.get("previous_owner")
+        return previous if isinstance(previous, str) else None
+    if decision.kind in _VOTER_KINDS:
+        removed = decision.evidence.get("remove")
+        return removed if isinstance(removed, str) else None
     return None
 
 

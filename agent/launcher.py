@@ -37,16 +37,15 @@ def ports_in_use(config: ClusterConfig, servers: list[str] | None = None) -> lis
     for server in config.servers:
         if servers is not None and server.name not in servers:
             continue
-        wanted = {
+        wanted = {  # any server may become a Raft voter, so every raft_port counts
             "agent_port": server.agent_port,
+            "raft_port": server.raft_port,
             "edge_port": server.edge_port,
             **{
                 f"app_port for {slot.name}": config.app_port(server.name, slot.name)
                 for slot in config.slots
             },
         }
-        if config.is_voter(server.name):
-            wanted["raft_port"] = server.raft_port
         for what, port in wanted.items():
             if not _can_bind(server.host, port):
                 taken.append(f"{server.host}:{port} ({server.name} {what}) is already in use")

@@ -1,14 +1,17 @@
-"""What only the Raft leader decides: verdicts and replacements, from its own view of time."""
+"""What only the Raft leader decides: verdicts, modes, replacements, returns, on its own clock."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 from consensus.commands import Command, RecordHeld, SetMode
 from consensus.protocol import Snapshot
+from consensus.state import ClusterState
 from healer.cascade import CascadePolicy, next_mode, replacements_left
-from healer.replace import LeasePolicy, plan_replacements_within
+from healer.replace import NO_SPARE, LeasePolicy, plan_replacements_within, reserve_reason
+from healer.returns import ReturnPolicy, plan_returns
 from healer.verdict import VerdictPolicy, plan_verdicts
 
 
@@ -58,14 +61,18 @@ def plan_leader(
     verdicts: VerdictPolicy,
     leases: LeasePolicy,
     cascade: CascadePolicy | None = None,
+    *,
+    returns: ReturnPolicy | None = None,
+    spare_reserve: int = 0,
 ) -> tuple[list[Command], list[str]]:
-    """The leader's commands for this tick and a note for everything it is waiting on."""
+    """The leader's commands for this tick and a note for everything it is waiting on.
+    `returns` None: no automatic return; `spare_reserve` spares are left for operators."""
     if not snap.raft.is_leader or not snap.state.bootstrapped:
         return [], []
     state = snap.state
     judged, waiting = plan_verdicts(state, clock.suspicion_seen, now, wall, verdicts)
     cascade = cascade or CascadePolicy()
-    change = next_mode(state, state.mode_since, wall, cascade)
+    change = next_mode(state, state.mode_since, wall, cascade, spare_reserve)
     modes: list[Command] = []
     if change is not None:
         modes.append(
@@ -85,23 +92,43 @@ def plan_leader(
     )
     budget = replacements_left(ruled, wall, cascade)
     moved, pending, held = plan_replacements_within(
-        ruled, clock.lease_seen, now, wall, leases, budget
+        ruled, clock.lease_seen, now, wall, leases, budget, spare_reserve
     )
+    records = _held_records(clock, ruled, held, wall, cascade, spare_reserve)
+    back, quarantined = plan_returns(state, wall, returns or ReturnPolicy(auto_return_s=None))
+    if state.mode != "normal":
+        waiting.append(f"mode {state.mode} since {state.mode_since:.0f}")
+    return [*judged, *modes, *moved, *records, *back], [*waiting, *pending, *quarantined]
+
+
+def _held_records(
+    clock: LeaderClock,
+    ruled: ClusterState,
+    held: list[tuple[str, str]],
+    wall: float,
+    cascade: CascadePolicy,
+    spare_reserve: int,
+) -> list[Command]:
+    """A RecordHeld for each held slot not yet recorded under the current mode."""
     records: list[Command] = []
     for slot, why in held:
         key = (slot, ruled.mode_since)
-        if key not in clock.held_recorded:
-            clock.held_recorded.add(key)
-            records.append(
-                RecordHeld(
-                    id=f"held:{slot}:{ruled.mode_since}",
-                    at=wall,
-                    subject=slot,
-                    action="assign_slot",
-                    reason=why,
-                    evidence={"budget": cascade.budget, "window_s": cascade.budget_window_s},
-                )
+        if key in clock.held_recorded:
+            continue
+        clock.held_recorded.add(key)
+        evidence: dict[str, Any] = {"budget": cascade.budget, "window_s": cascade.budget_window_s}
+        if why == NO_SPARE:
+            evidence = {}
+        elif why == reserve_reason(spare_reserve):
+            evidence = {"spare_reserve": spare_reserve}
+        records.append(
+            RecordHeld(
+                id=f"held:{slot}:{ruled.mode_since}",
+                at=wall,
+                subject=slot,
+                action="assign_slot",
+                reason=why,
+                evidence=evidence,
             )
-    if state.mode != "normal":
-        waiting.append(f"mode {state.mode} since {state.mode_since:.0f}")
-    return [*judged, *modes, *moved, *records], [*waiting, *pending]
+        )
+    return records

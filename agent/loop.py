@@ -21,6 +21,7 @@ from consensus.protocol import Consensus, Snapshot
 from healer.cascade import CascadePolicy
 from healer.local import Instance, LocalPlan, LocalView, plan_local
 from healer.replace import LeasePolicy
+from healer.returns import ReturnPolicy
 from healer.verdict import VerdictPolicy
 
 _log = structlog.get_logger("moonwatch.loop")
@@ -43,6 +44,7 @@ def bootstrap_command(config: ClusterConfig, now: float, digest: str | None = No
         servers=tuple(ServerSpec(s.name, s.role, s.domain) for s in config.servers),
         slots=tuple(SlotSpec(s.name, s.owner, s.tenants) for s in config.slots),
         lease_s=config.timing.lease_s,
+        voters=tuple(config.voters),
     )
 
 
@@ -108,6 +110,13 @@ class DecisionLoop:
             budget_window_s=cascade.budget_window_s,
             normal_budget=cascade.normal_budget,
         )
+        healing = config.healing
+        self._returns = ReturnPolicy(
+            auto_return_s=healing.auto_return_s,
+            flap_failures=healing.flap_failures,
+            flap_window_s=healing.flap_window_s,
+        )
+        self._spare_reserve = healing.spare_reserve
         self._leader_clock = LeaderClock()
         self._digest = config.digest()
         self._confirmed: set[tuple[str, int, float]] = set()
@@ -177,7 +186,15 @@ class DecisionLoop:
         if snap.raft.is_leader:
             self._observe_recoveries(snap, wall)
         led, waiting = plan_leader(
-            snap, self._leader_clock, now, wall, self._verdicts, self._lease_policy, self._cascade
+            snap,
+            self._leader_clock,
+            now,
+            wall,
+            self._verdicts,
+            self._lease_policy,
+            self._cascade,
+            returns=self._returns,
+            spare_reserve=self._spare_reserve,
         )
         await self._carry_out(plan, led)
         summary = "; ".join([plan.summary, *(f"leader: {n}" for n in waiting)])

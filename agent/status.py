@@ -19,6 +19,10 @@ def status_document(cluster: str, server: str, pid: int, snap: Snapshot) -> dict
         "leader": snap.raft.leader,
         "term": snap.raft.term,
         "mode": state.mode,
+        "voters": list(state.voters),
+        "voter_change": (
+            None if state.voter_change is None else dataclasses.asdict(state.voter_change)
+        ),
         "servers": [
             {
                 "name": s.name,
@@ -26,6 +30,7 @@ def status_document(cluster: str, server: str, pid: int, snap: Snapshot) -> dict
                 "state": s.state,
                 "incarnation": s.incarnation,
                 "domain": s.domain,
+                "voter": s.name in state.voters,
             }
             for s in state.servers
         ],
@@ -56,6 +61,7 @@ def status_document(cluster: str, server: str, pid: int, snap: Snapshot) -> dict
             "is_leader": snap.raft.is_leader,
             "commit_index": snap.raft.commit_index,
             "last_applied": snap.raft.last_applied,
+            "members": list(snap.raft.members),
         },
         "bootstrapped": state.bootstrapped,
         "config_digest": state.config_digest,

@@ -57,10 +57,11 @@ def render_status(source: str, doc: dict[str, Any]) -> str:
             str(s.get("state")),
             str(s.get("incarnation")),
             str(s.get("domain", "")),
+            "voter" if s.get("voter") else "-",
         ]
         for s in doc.get("servers", [])
     ]
-    lines += _table(["  SERVER", "ROLE", "STATE", "INCARNATION", "DOMAIN"], servers)
+    lines += _table(["  SERVER", "ROLE", "STATE", "INCARNATION", "DOMAIN", "RAFT"], servers)
     lines.append("")
     slots = [
         [
@@ -73,6 +74,13 @@ def render_status(source: str, doc: dict[str, Any]) -> str:
         for s in doc.get("slots", [])
     ]
     lines += _table(["SLOT", "OWNER", "STATE", "EPOCH", "TENANTS"], slots)
+    change = doc.get("voter_change")
+    if isinstance(change, dict):
+        lines += [
+            "",
+            f"replacing Raft voter {change.get('remove')} by {change.get('add')} "
+            f"(step {change.get('step')})",
+        ]
     stops = doc.get("stops") or []
     if stops:
         lines += ["", f"stopped subdomains: {len(stops)}"]

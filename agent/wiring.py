@@ -13,16 +13,22 @@ from agent.edge import Edge
 from agent.lease import LeaseKeeper
 from agent.loop import DecisionLoop
 from agent.metrics import AgentMetrics
+from agent.voters import VoterKeeper, VoterSettings, read_voters
 from agent.watch import Watch
 from consensus.protocol import Consensus
 from consensus.syncobj_consensus import RaftSettings, SyncObjConsensus
 
 
-def raft_settings(config: ClusterConfig, server: str) -> RaftSettings:
+def raft_settings(config: ClusterConfig, server: str, voters: tuple[str, ...] = ()) -> RaftSettings:
+    """Raft settings for `server`; `voters` (the last committed membership this server saw)
+    overrides the configured voters, which only describe the cluster as it was first built."""
     timing = config.timing
+    known = {s.name for s in config.servers}
+    members = voters if voters and set(voters) <= known else config.voters
     return RaftSettings(
         server=server,
-        voters={name: config.server(name).raft_address for name in config.voters},
+        voters={name: config.server(name).raft_address for name in members},
+        peers={s.name: s.raft_address for s in config.servers},
         password=config.secrets.raft_password.get_secret_value(),
         journal_dir=config.data_dir / "servers" / server / "raft",
         election_min_s=timing.raft_election_min_s,
@@ -41,7 +47,10 @@ def build_agent(
 ) -> AgentParts:
     """Wire one agent. Tests pass their own consensus or driver; production passes neither."""
     me = config.server(server)
-    consensus = consensus or SyncObjConsensus(raft_settings(config, server), clock)
+    voters_file = config.data_dir / "servers" / server / "raft" / "voters.json"
+    consensus = consensus or SyncObjConsensus(
+        raft_settings(config, server, read_voters(voters_file)), clock
+    )
     driver = driver or ProcessDriver(
         clock,
         RestartPolicy(
@@ -87,6 +96,21 @@ def build_agent(
             api_token=config.secrets.api_token.get_secret_value(),
         )
     )
+    keeper = VoterKeeper(
+        VoterSettings(
+            server=server,
+            replace_voters=config.healing.replace_voters,
+            voters_file=voters_file,
+            peer_status_urls={
+                s.name: f"http://{s.host}:{s.agent_port}/v1/status"
+                for s in config.servers
+                if s.name != server
+            },
+            refresh_after_s=max(3.0, 3 * config.timing.raft_election_max_s),
+        ),
+        consensus,
+        clock,
+    )
     edge = Edge(config.base_domain, lambda: consensus.snapshot().state, server).application()
     return AgentParts(
         server=server,
@@ -100,5 +124,5 @@ def build_agent(
         edge=edge,
         clock=clock,
         shutdown_timeout_s=config.timing.shutdown_timeout_s,
-        background=[leases.run, watch.runner.run],
+        background=[leases.run, watch.runner.run, keeper.run],
     )

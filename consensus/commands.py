@@ -48,6 +48,8 @@ class Bootstrap:
     servers: tuple[ServerSpec, ...]
     slots: tuple[SlotSpec, ...]
     lease_s: float
+    # The configured Raft voters (empty: the cluster does not track its voters).
+    voters: tuple[str, ...] = ()
     kind: Literal["bootstrap"] = "bootstrap"
     version: int = COMMAND_VERSION
 
@@ -239,6 +241,62 @@ class RecordHeld:
     version: int = COMMAND_VERSION
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VoterStep:
+    """One step of replacing a failed Raft voter, recorded by the leader.
+
+    prepare: `add` is to become a voter in place of `remove` (its agent restarts its Raft node
+    as a full node); added: Raft committed `add` as a voter; removed: Raft committed the
+    removal of `remove`, the change is over; abandoned: `add` never came up as a voter.
+    """
+
+    __pydantic_config__ = _STRICT
+
+    id: str
+    at: float
+    step: Literal["prepare", "added", "removed", "abandoned"]
+    add: str
+    remove: str
+    reason: str = ""
+    evidence: dict[str, Any] = field(default_factory=dict)
+    kind: Literal["voter_step"] = "voter_step"
+    version: int = COMMAND_VERSION
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StopTenant:
+    """Refuse a tenant subdomain at every edge until `until` (wall time): the leader's answer
+    to a flood (`offence` is its count of stops in the repeat window), or an operator's pin."""
+
+    __pydantic_config__ = _STRICT
+
+    id: str
+    at: float
+    subdomain: str
+    until: float
+    reason: str
+    offence: int = 1
+    evidence: dict[str, Any] = field(default_factory=dict)
+    operator: bool = False
+    kind: Literal["stop_tenant"] = "stop_tenant"
+    version: int = COMMAND_VERSION
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LiftStop:
+    """End a tenant's stop: expired (the leader tidies up) or lifted by an operator."""
+
+    __pydantic_config__ = _STRICT
+
+    id: str
+    at: float
+    subdomain: str
+    reason: str
+    operator: bool = False
+    kind: Literal["lift_stop"] = "lift_stop"
+    version: int = COMMAND_VERSION
+
+
 Command = (
     Bootstrap
     | ServerUp
@@ -253,6 +311,9 @@ Command = (
     | SetMode
     | RecordHeld
     | DrainServer
+    | VoterStep
+    | StopTenant
+    | LiftStop
 )
 
 _COMMAND_ADAPTER: Final = TypeAdapter[Command](Annotated[Command, Field(discriminator="kind")])

@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any, Final
 
-from consensus import membership, modes, ownership
+from consensus import membership, modes, ownership, stops, voters
 from consensus.commands import (
     COMMAND_VERSION,
     AssignSlot,
@@ -15,6 +15,7 @@ from consensus.commands import (
     CommandDecodeError,
     DrainServer,
     DropSuspicion,
+    LiftStop,
     MarkServerFailed,
     RecordHeld,
     ReleaseSlot,
@@ -24,6 +25,8 @@ from consensus.commands import (
     ServerUp,
     SetMode,
     SlotServing,
+    StopTenant,
+    VoterStep,
     decode_command,
 )
 from consensus.protocol import SubmitResult
@@ -46,6 +49,9 @@ _HANDLERS: Final[dict[type, Callable[[ClusterState, Any], ClusterState]]] = {
     SetMode: modes.set_mode,
     RecordHeld: modes.record_held,
     DrainServer: membership.drain_server,
+    VoterStep: voters.voter_step,
+    StopTenant: stops.stop_tenant,
+    LiftStop: stops.lift_stop,
 }
 
 

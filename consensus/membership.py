@@ -13,8 +13,16 @@ from consensus.commands import (
     ReturnServer,
     ServerUp,
 )
-from consensus.rules import CommandRejected, decide, known_server, put_server, put_slot
-from consensus.state import ClusterState, ProbeReport, ServerRecord, ServerState, Suspicion
+from consensus.rules import (
+    CommandRejected,
+    decide,
+    known_server,
+    moved_to,
+    put_server,
+    put_slot,
+    with_failure,
+)
+from consensus.state import ClusterState, ProbeReport, ServerState, Suspicion
 
 # Evidence attached to a probe report is bounded: it lives in every snapshot.
 MAX_EVIDENCE_KEYS: Final = 16
@@ -36,9 +44,7 @@ def server_up(state: ClusterState, cmd: ServerUp) -> ClusterState:
         new_state = "quarantined"
     elif server.state == "draining":
         new_state = "draining"  # a restart does not end maintenance
-    state = put_server(
-        state, dataclasses.replace(server, state=new_state, incarnation=cmd.incarnation)
-    )
+    state = put_server(state, moved_to(server, new_state, cmd.at, incarnation=cmd.incarnation))
     state = _without_suspicion(state, cmd.server)
     kind = "server_up"
     if new_state == "quarantined":
@@ -93,7 +99,8 @@ def drop_suspicion(state: ClusterState, cmd: DropSuspicion) -> ClusterState:
 
 
 def mark_server_failed(state: ClusterState, cmd: MarkServerFailed) -> ClusterState:
-    """The verdict: the server is failed, its slots are lost (the lease still fences them)."""
+    """The verdict: the server is failed, its slots are lost (the lease still fences them), and
+    the verdict's time joins the server's failures (the flap evidence)."""
     server = known_server(state, cmd.server, cmd.kind)
     if cmd.incarnation < server.incarnation:
         raise CommandRejected(
@@ -106,7 +113,8 @@ def mark_server_failed(state: ClusterState, cmd: MarkServerFailed) -> ClusterSta
         )
     # Keep the highest incarnation seen, so a ServerUp at the failed incarnation stays stale.
     incarnation = max(server.incarnation, cmd.incarnation)
-    state = put_server(state, dataclasses.replace(server, state="failed", incarnation=incarnation))
+    failed = moved_to(server, "failed", cmd.at, incarnation=incarnation)
+    state = put_server(state, with_failure(failed, cmd.at))
     state = _without_suspicion(state, cmd.server)
     lost = []
     for slot in state.slots_owned_by(cmd.server):
@@ -121,7 +129,8 @@ def mark_server_failed(state: ClusterState, cmd: MarkServerFailed) -> ClusterSta
 def return_server(state: ClusterState, cmd: ReturnServer) -> ClusterState:
     """An operator puts a failed or quarantined server back as a spare. A quarantined one has a
     live agent and is up at once; a failed one is up once its agent joins again. Slots it lost
-    stay lost until the leader hands them over; their lease still fences the old instance."""
+    stay lost until the leader hands them over; their lease still fences the old instance.
+    Its failures stay with it: a server that fails again soon after is flapping."""
     server = known_server(state, cmd.server, cmd.kind)
     if server.state not in ("failed", "quarantined", "draining"):
         raise CommandRejected(f"return_server: {cmd.server} is {server.state}, not out of the pool")
@@ -132,10 +141,7 @@ def return_server(state: ClusterState, cmd: ReturnServer) -> ClusterState:
                 f"return_server: {cmd.server} is still handing over {', '.join(owned)}"
             )
     new_state: ServerState = "up" if server.state in ("quarantined", "draining") else "new"
-    returned = ServerRecord(
-        server.name, "spare", server.domain, state=new_state, incarnation=server.incarnation
-    )
-    state = put_server(state, returned)
+    state = put_server(state, moved_to(server, new_state, cmd.at, role="spare"))
     evidence = {"reason": cmd.reason, "previous_state": server.state, "state": new_state}
     return decide(state, "server_returned", cmd.at, cmd.server, evidence)
 
@@ -157,7 +163,7 @@ def drain_server(state: ClusterState, cmd: DrainServer) -> ClusterState:
         raise CommandRejected(f"drain_server: {cmd.server} is already draining", stale=True)
     if server.state != "up":
         raise CommandRejected(f"drain_server: {cmd.server} is {server.state}, not in service")
-    state = put_server(state, dataclasses.replace(server, state="draining"))
+    state = put_server(state, moved_to(server, "draining", cmd.at))
     state = _without_suspicion(state, cmd.server)
     slots = [s.name for s in state.slots_owned_by(cmd.server) if s.state in ("assigned", "serving")]
     evidence = {"reason": cmd.reason, "slots": slots}

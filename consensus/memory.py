@@ -23,21 +23,23 @@ class MemoryLog:
     leader: str | None = None
     term: int = 0
     isolated: set[str] = field(default_factory=set)
+    # Servers whose node is stopped (add_voter fails for them); tests keep it up to date.
+    down: set[str] = field(default_factory=set)
     entries: list[str] = field(default_factory=list)
     nodes: list[MemoryConsensus] = field(default_factory=list)
 
     def elect(self, leader: str | None) -> None:
         self.leader = leader
         self.term += 1
-        self._publish()
+        self.publish()
 
     def isolate(self, *servers: str) -> None:
         self.isolated.update(servers)
-        self._publish()
+        self.publish()
 
     def heal(self) -> None:
         self.isolated.clear()
-        self._publish()
+        self.publish()
 
     def has_quorum(self) -> bool:
         reachable = [v for v in self.voters if v not in self.isolated]
@@ -49,10 +51,10 @@ class MemoryLog:
 
     def append(self, payload: str) -> int:
         self.entries.append(payload)
-        self._publish()
+        self.publish()
         return len(self.entries)
 
-    def _publish(self) -> None:
+    def publish(self) -> None:
         for node in self.nodes:
             node.catch_up()
 
@@ -101,6 +103,7 @@ class MemoryConsensus:
             commit_index=self._applied,
             last_applied=self._applied,
             ready=connected and leader is not None,
+            members=self._log.voters,
         )
         return Snapshot(state=self._state, raft=raft, version=self._version)
 
@@ -127,3 +130,27 @@ class MemoryConsensus:
                 break
             await self._timer.sleep(0.05)
         return SubmitResult("failed", "no leader with a quorum before the deadline")
+
+    async def add_voter(self, server: str, timeout_s: float) -> SubmitResult:
+        return await self._change_members(server, adding=True, timeout_s=timeout_s)
+
+    async def remove_voter(self, server: str, timeout_s: float) -> SubmitResult:
+        return await self._change_members(server, adding=False, timeout_s=timeout_s)
+
+    async def rejoin(self, voters: tuple[str, ...]) -> None:
+        """One shared log has nothing to restart; the log's voters are what counts."""
+
+    async def _change_members(self, server: str, *, adding: bool, timeout_s: float) -> SubmitResult:
+        log = self._log
+        if (server in log.voters) == adding:
+            return SubmitResult("committed", "already so")
+        if log.leader != self._server or not log.has_quorum():
+            return SubmitResult("failed", "only a leader with a quorum changes the voters")
+        if adding:
+            if server in log.isolated or server in log.down:
+                return SubmitResult("failed", f"{server} does not answer as a voter")
+            log.voters = tuple(sorted((*log.voters, server)))
+        else:
+            log.voters = tuple(v for v in log.voters if v != server)
+        log.publish()
+        return SubmitResult("committed")

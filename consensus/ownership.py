@@ -41,8 +41,16 @@ def bootstrap(state: ClusterState, cmd: Bootstrap) -> ClusterState:
         )
         for s in cmd.slots
     )
+    unknown = sorted(set(cmd.voters) - set(names))
+    if unknown or len(set(cmd.voters)) != len(cmd.voters):
+        raise CommandRejected(f"bootstrap: voters must be distinct known servers, not {unknown}")
     state = dataclasses.replace(
-        state, cluster=cmd.cluster, config_digest=cmd.config_digest, servers=servers, slots=slots
+        state,
+        cluster=cmd.cluster,
+        config_digest=cmd.config_digest,
+        servers=servers,
+        slots=slots,
+        voters=tuple(sorted(cmd.voters)),
     )
     evidence = {"servers": names, "slots": {s.name: s.owner for s in cmd.slots}}
     return decide(state, "bootstrap", cmd.at, cmd.cluster, evidence)
@@ -79,7 +87,27 @@ def slot_serving(state: ClusterState, cmd: SlotServing) -> ClusterState:
     if slot.state == "serving" and slot.address == cmd.address:
         raise CommandRejected(f"slot_serving: {cmd.slot} is already serving", stale=True)
     _require_held(state, slot, cmd.kind)
-    return put_slot(state, dataclasses.replace(slot, state="serving", address=cmd.address))
+    first = slot.state == "assigned"
+    state = put_slot(state, dataclasses.replace(slot, state="serving", address=cmd.address))
+    if not first or slot.epoch <= 1:
+        return state  # a restart on the same owner, or the first owner: no incident to close
+    assigned = next(
+        (
+            d
+            for d in reversed(state.decisions)
+            if d.kind == "slot_assigned"
+            and d.subject == slot.name
+            and d.evidence.get("epoch") == slot.epoch
+        ),
+        None,
+    )
+    evidence = {
+        "owner": cmd.owner,
+        "epoch": cmd.epoch,
+        "address": cmd.address,
+        "previous_owner": assigned.evidence.get("previous_owner") if assigned else None,
+    }
+    return decide(state, "slot_serving", cmd.at, cmd.slot, evidence)
 
 
 def renew_lease(state: ClusterState, cmd: RenewLease) -> ClusterState:

@@ -29,6 +29,9 @@ class RaftStatus:
     commit_index: int = 0
     last_applied: int = 0
     ready: bool = False
+    # The voters this node's Raft layer counts right now (it may be ahead of committed state:
+    # a membership change takes effect when it is appended to the log).
+    members: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +83,18 @@ class Consensus(Protocol):
     async def submit(self, command: Command, timeout_s: float) -> SubmitResult:
         """Commit `command` through the current leader, retrying leader changes until
         `timeout_s` has passed. Never raises for cluster conditions (see SubmitResult)."""
+
+    # Raft membership: one voter changed at a time, on the leader, each change waited for.
+    async def add_voter(self, server: str, timeout_s: float) -> SubmitResult:
+        """Add `server` as a voter once its Raft node listens; committed means the new voter
+        has caught up with the log. Already a voter: committed at once."""
+
+    async def remove_voter(self, server: str, timeout_s: float) -> SubmitResult:
+        """Remove `server` from the voters. Not a voter: committed at once."""
+
+    async def rejoin(self, voters: tuple[str, ...]) -> None:
+        """Restart this node's Raft layer for the membership `voters`: as a voter when this
+        server is one of them, read-only otherwise. The snapshot never goes back in time."""
 
 
 class ConsensusError(Exception):

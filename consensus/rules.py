@@ -5,7 +5,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from consensus.state import MAX_DECISIONS, ClusterState, Decision, ServerRecord, SlotRecord
+from consensus.state import (
+    MAX_DECISIONS,
+    MAX_FAILURES_KEPT,
+    ClusterState,
+    Decision,
+    ServerRecord,
+    ServerState,
+    SlotRecord,
+)
 
 
 class CommandRejected(Exception):
@@ -39,6 +47,17 @@ def known_slot(state: ClusterState, name: str, kind: str) -> SlotRecord:
 def put_server(state: ClusterState, record: ServerRecord) -> ClusterState:
     servers = tuple(record if s.name == record.name else s for s in state.servers)
     return dataclasses.replace(state, servers=servers)
+
+
+def moved_to(server: ServerRecord, state: ServerState, at: float, **changes: Any) -> ServerRecord:
+    """`server` in `state` (with `changes`); `since` becomes `at` only if its state changes."""
+    since = server.since if state == server.state else at
+    return dataclasses.replace(server, state=state, since=since, **changes)
+
+
+def with_failure(server: ServerRecord, at: float) -> ServerRecord:
+    """`server` with one more verdict at `at`, keeping only the latest MAX_FAILURES_KEPT."""
+    return dataclasses.replace(server, failures=(*server.failures, at)[-MAX_FAILURES_KEPT:])
 
 
 def put_slot(state: ClusterState, record: SlotRecord) -> ClusterState:

@@ -13,6 +13,9 @@ STATE_SCHEMA: Final = 1
 MAX_DECISIONS: Final = 1000
 MAX_REMEMBERED_COMMANDS: Final = 512
 MAX_FAILURES_KEPT: Final = 8
+# Stops and the offence record are per tenant, so bounded by the tenants; these are backstops.
+MAX_STOPS: Final = 1024
+MAX_OFFENCES: Final = 1024
 
 # A snapshot from a newer agent with fields we do not know must not load as if complete.
 _STRICT: Final = ConfigDict(extra="forbid")
@@ -106,6 +109,39 @@ class Suspicion:
 
 
 @dataclass(frozen=True, slots=True)
+class Stop:
+    """A tenant subdomain refused at every edge (503 + Retry-After) until `until` (wall time).
+
+    `offence` counts this tenant's stops within the repeat window (the backoff exponent);
+    `pinned` stops were set by an operator and are lifted only by one or by expiry.
+    """
+
+    __pydantic_config__ = _STRICT
+
+    subdomain: str
+    since: float
+    until: float
+    reason: str
+    offence: int = 1
+    pinned: bool = False
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    def active(self, wall: float) -> bool:
+        return wall < self.until
+
+
+@dataclass(frozen=True, slots=True)
+class Offence:
+    """How often a tenant was stopped automatically, and when last (for the backoff)."""
+
+    __pydantic_config__ = _STRICT
+
+    subdomain: str
+    count: int
+    last: float
+
+
+@dataclass(frozen=True, slots=True)
 class VoterChange:
     """A Raft membership change in progress: `add` becomes a voter, then `remove` leaves.
 
@@ -142,6 +178,9 @@ class ClusterState:
     # The Raft voters as the cluster last recorded them, and a membership change under way.
     voters: tuple[str, ...] = ()
     voter_change: VoterChange | None = None
+    # Tenants stopped for flooding the service, and their record of earlier stops.
+    stops: tuple[Stop, ...] = ()
+    offences: tuple[Offence, ...] = ()
 
     @property
     def bootstrapped(self) -> bool:
@@ -164,6 +203,12 @@ class ClusterState:
 
     def tenant_slot(self, tenant: str) -> SlotRecord | None:
         return next((s for s in self.slots if tenant in s.tenants), None)
+
+    def stop(self, subdomain: str) -> Stop | None:
+        return next((s for s in self.stops if s.subdomain == subdomain), None)
+
+    def offence(self, subdomain: str) -> Offence | None:
+        return next((o for o in self.offences if o.subdomain == subdomain), None)
 
     def decision(self, decision_id: str) -> Decision | None:
         return next((d for d in self.decisions if d.id == decision_id), None)

@@ -13,7 +13,7 @@ import errno
 import logging
 import socket
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -58,10 +58,15 @@ class RaftSettings:
     leader_fallback_s: float = 1.0
     append_entries_period_s: float = 0.1
     log_compaction_entries: int = 5000
+    # Raft addresses of every server that may become a voter (voters are always included).
+    peers: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def voter(self) -> bool:
         return self.server in self.voters
+
+    def addresses(self) -> dict[str, str]:
+        return {**self.peers, **self.voters}
 
 
 class _Replica(SyncObjConsumer):  # type: ignore[misc]  # pysyncobj ships no type information
@@ -101,7 +106,7 @@ class SyncObjConsensus:
     def __init__(self, settings: RaftSettings, timer: Timer) -> None:
         self._settings = settings
         self._timer = timer
-        self._names = {address: name for name, address in settings.voters.items()}
+        self._names = {address: name for name, address in settings.addresses().items()}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed = asyncio.Event()
         self._syncobj: Any = None
@@ -109,6 +114,9 @@ class SyncObjConsensus:
         self._snapshot = Snapshot(ClusterState(), RaftStatus(settings.server, settings.voter))
         self._dirty = False
         self._tick_key: tuple[object, ...] = ()
+        # After a restart of the Raft node, publish nothing older than what was published.
+        self._floor = 0
+        self._membership_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -149,7 +157,7 @@ class SyncObjConsensus:
             journalFile=str(s.journal_dir / "raft.journal"),
             fullDumpFile=str(s.journal_dir / "raft.dump"),
             logCompactionMinEntries=s.log_compaction_entries,
-            dynamicMembershipChange=False,
+            dynamicMembershipChange=True,
         )
 
     async def stop(self) -> None:
@@ -161,6 +169,73 @@ class SyncObjConsensus:
         deadline = self._timer.monotonic() + 2.0
         while syncobj.tick_thread_alive() and self._timer.monotonic() < deadline:
             await self._timer.sleep(0.02)
+
+    async def rejoin(self, voters: tuple[str, ...]) -> None:
+        """Restart the Raft node for a new membership, from the same journal."""
+        known = self._settings.addresses()
+        missing = [v for v in voters if v not in known]
+        if missing or not voters:
+            raise ConsensusError(f"cannot rejoin: no Raft address for voters {missing or voters}")
+        async with self._membership_lock:
+            self._floor = self._snapshot.raft.last_applied
+            await self.stop()
+            self._settings = replace(self._settings, voters={v: known[v] for v in voters})
+            _log.warning("raft node restarting for voters %s", ",".join(voters))
+            # Until the new node has found a leader it is on its own: say so at once.
+            raft = RaftStatus(
+                self._settings.server,
+                self._settings.voter,
+                term=self._snapshot.raft.term,
+                commit_index=self._snapshot.raft.commit_index,
+                last_applied=self._snapshot.raft.last_applied,
+                members=tuple(sorted(voters)),
+            )
+            self._tick_key = ()
+            self._snapshot = Snapshot(self._snapshot.state, raft, self._snapshot.version + 1)
+            self._changed.set()
+            await self.start()
+
+    async def add_voter(self, server: str, timeout_s: float) -> SubmitResult:
+        address = self._settings.addresses().get(server)
+        if address is None:
+            return SubmitResult("rejected", f"no Raft address for {server}")
+        if server in self._snapshot.raft.members:
+            return SubmitResult("committed", "already a voter")
+        deadline = self._timer.monotonic() + timeout_s
+        while not await _listening(address):  # adding a node that is not there stalls commits
+            if self._timer.monotonic() >= deadline:
+                return SubmitResult("failed", f"{server} does not listen on {address}")
+            await self._timer.sleep(0.1)
+        return await self._change("addNodeToCluster", address, deadline)
+
+    async def remove_voter(self, server: str, timeout_s: float) -> SubmitResult:
+        address = self._settings.addresses().get(server)
+        if address is None:
+            return SubmitResult("rejected", f"no Raft address for {server}")
+        if server not in self._snapshot.raft.members:
+            return SubmitResult("committed", "not a voter")
+        return await self._change("removeNodeFromCluster", address, self._timer.monotonic() + 10)
+
+    async def _change(self, method: str, address: str, deadline: float) -> SubmitResult:
+        loop = asyncio.get_running_loop()
+        async with self._membership_lock:
+            syncobj = self._syncobj
+            if syncobj is None or not self._snapshot.raft.is_leader:
+                return SubmitResult("failed", "only the leader changes the voters")
+            future: asyncio.Future[tuple[Any, int]] = loop.create_future()
+
+            def done(result: Any, err: int) -> None:  # runs in the tick thread
+                loop.call_soon_threadsafe(_resolve, future, (result, err))
+
+            getattr(syncobj, method)(address, callback=done)
+            try:
+                remaining = max(0.1, deadline - self._timer.monotonic())
+                _, err = await asyncio.wait_for(future, remaining)
+            except TimeoutError:
+                return SubmitResult("failed", f"{method} {address}: no commit in time")
+        if err != FAIL_REASON.SUCCESS:
+            return SubmitResult("failed", f"{method} {address}: {_fail_text(err)}")
+        return SubmitResult("committed")
 
     # ------------------------------------------------------------------ reading
     def snapshot(self) -> Snapshot:
@@ -224,12 +299,21 @@ class SyncObjConsensus:
         if syncobj is None or replica is None:
             return
         leader_node = syncobj._getLeader()
+        if (
+            leader_node is not None
+            and not syncobj._isLeader()
+            and not syncobj.isNodeConnected(leader_node)
+        ):
+            # pysyncobj keeps naming the last leader while cut off from every node (it starts
+            # no election without a connection); without a link there is no leader to us.
+            leader_node = None
         key = (
             leader_node,
             syncobj.raftCurrentTerm,
             syncobj._isLeader(),
             syncobj.raftCommitIndex,
             syncobj.raftLastApplied,
+            len(syncobj.otherNodes),
         )
         if key == self._tick_key and not self._dirty:
             return  # the common case, twenty times a second: nothing changed
@@ -244,15 +328,38 @@ class SyncObjConsensus:
             commit_index=syncobj.raftCommitIndex,
             last_applied=syncobj.raftLastApplied,
             ready=leader is not None,
+            members=self._members(syncobj),
         )
         if status == self._snapshot.raft and not self._dirty:
             return
         self._dirty = False
-        self._snapshot = Snapshot(replica.state, status, self._snapshot.version + 1)
+        # A restarted node replaying its journal has older state than it published before.
+        state = replica.state if syncobj.raftLastApplied >= self._floor else self._snapshot.state
+        self._snapshot = Snapshot(state, status, self._snapshot.version + 1)
         loop = self._loop
         if loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop closed between check and call
                 loop.call_soon_threadsafe(self._changed.set)
+
+    def _members(self, syncobj: Any) -> tuple[str, ...]:
+        nodes = list(syncobj.otherNodes)
+        if syncobj.selfNode is not None:
+            nodes.append(syncobj.selfNode)
+        return tuple(sorted(self._names.get(n.address, n.address) for n in nodes))
+
+
+async def _listening(address: str) -> bool:
+    """Whether something accepts TCP connections at `address` (a connect, closed at once)."""
+    host, _, port = address.rpartition(":")
+    try:
+        async with asyncio.timeout(0.5):
+            _, writer = await asyncio.open_connection(host, int(port))
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
 
 
 def _resolve(future: asyncio.Future[tuple[Any, int]], value: tuple[Any, int]) -> None:

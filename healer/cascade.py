@@ -1,9 +1,10 @@
 """Cascade suppression: when many servers fail at once, hold back replacement and say why.
 
 normal -> cascade when verdicts crowd a window, a failure domain loses most of its servers, or
-the spares run out; cascade -> recovering after a quiet period once most of the failed
-servers are back or replaced; recovering -> normal after a second quiet period (hysteresis);
-a new verdict while recovering goes back to cascade. An operator resume ends it at once.
+the spares run out (only the spare reserve, if any, is left); cascade -> recovering after a
+quiet period once most of the failed servers are back or replaced; recovering -> normal after
+a second quiet period (hysteresis); a new verdict while recovering goes back to cascade. An
+operator resume ends it at once.
 """
 
 from __future__ import annotations
@@ -45,11 +46,16 @@ def verdicts_since(state: ClusterState, since: float) -> list[Decision]:
 
 
 def cascade_trigger(
-    state: ClusterState, now: float, policy: CascadePolicy, since: float = 0.0
+    state: ClusterState,
+    now: float,
+    policy: CascadePolicy,
+    since: float = 0.0,
+    spare_reserve: int = 0,
 ) -> ModeChange | None:
     """Why the cluster should be in cascade mode now, or None. Only verdicts after `since`
     (the last mode change) count, so an operator's resume is not overturned by the failures
-    it was resuming from; a lost domain or missing spares count only with a fresh verdict."""
+    it was resuming from; a lost domain or missing spares count only with a fresh verdict.
+    Spares run out when no more than `spare_reserve` of them are up."""
     recent = verdicts_since(state, max(now - policy.window_s, since))
     if not recent:
         return None
@@ -72,15 +78,30 @@ def cascade_trigger(
             f"failure domain {domain[0]} lost {domain[1]} of {domain[2]} servers",
             {"rule": "domain_lost", "domain": domain[0], "lost": domain[1], "servers": domain[2]},
         )
+    return _spares_run_out(state, spare_reserve)
+
+
+def _spares_run_out(state: ClusterState, spare_reserve: int) -> ModeChange | None:
     waiting = [s.name for s in state.slots if s.state in ("lost", "released", "unassigned")]
     spares = [s for s in state.servers if s.role == "spare" and s.state == "up"]
-    if waiting and not spares:
+    if not waiting or len(spares) > spare_reserve:
+        return None
+    if not spare_reserve:
         return ModeChange(
             "cascade",
             f"no spare left for {', '.join(waiting)}",
             {"rule": "spares_exhausted", "slots_waiting": waiting},
         )
-    return None
+    return ModeChange(
+        "cascade",
+        f"no spare beyond the reserve of {spare_reserve} left for {', '.join(waiting)}",
+        {
+            "rule": "spares_exhausted",
+            "slots_waiting": waiting,
+            "spares_up": len(spares),
+            "spare_reserve": spare_reserve,
+        },
+    )
 
 
 def _domain_lost(state: ClusterState) -> tuple[str, int, int] | None:
@@ -95,13 +116,17 @@ def _domain_lost(state: ClusterState) -> tuple[str, int, int] | None:
 
 
 def next_mode(
-    state: ClusterState, mode_since: float, now: float, policy: CascadePolicy
+    state: ClusterState,
+    mode_since: float,
+    now: float,
+    policy: CascadePolicy,
+    spare_reserve: int = 0,
 ) -> ModeChange | None:
     """The mode change due now, if any. `mode_since` is when the current mode was committed
     (wall clock, like decision times); `now` is the leader's wall clock."""
     mode: Mode = state.mode
     if mode == "normal":
-        return cascade_trigger(state, now, policy, since=mode_since)
+        return cascade_trigger(state, now, policy, since=mode_since, spare_reserve=spare_reserve)
     last_verdict = max((d.at for d in verdicts_since(state, mode_since)), default=mode_since)
     quiet_for = now - max(last_verdict, mode_since)
     if mode == "recovering":

@@ -131,7 +131,7 @@ def _membership(
     incarnation; None when it is and nothing needs saying."""
     if me.state == "quarantined" and me.incarnation == view.incarnation:
         return (
-            "quarantined: serving nothing until an operator returns this server",
+            "quarantined: serving nothing until it is returned to the spare pool",
             (),
             view.incarnation,
         )

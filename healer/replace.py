@@ -5,9 +5,17 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Final
 
 from consensus.commands import AssignSlot, Command
 from consensus.state import ClusterState, ServerRecord, SlotRecord
+
+NO_SPARE: Final = "no spare is ready"
+
+
+def reserve_reason(spare_reserve: int) -> str:
+    """Why a slot waits although a spare is up: only the reserve is left."""
+    return f"spare reserve ({spare_reserve} kept)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,11 +44,28 @@ def plan_replacements(
     now: float,
     wall: float,
     policy: LeasePolicy,
+    spare_reserve: int = 0,
 ) -> tuple[list[Command], list[str]]:
     """AssignSlot for each slot that needs a new owner and may have one now. `lease_seen` maps a
-    slot to when this leader last saw its lease renewed or reassigned (its monotonic clock)."""
+    slot to when this leader last saw its lease renewed or reassigned (its monotonic clock).
+    The last `spare_reserve` free spares are left alone, except for a slot an operator drains."""
+    commands, notes, _ = _plan(state, lease_seen, now, wall, policy, spare_reserve)
+    return commands, notes
+
+
+def _plan(
+    state: ClusterState,
+    lease_seen: Mapping[str, float],
+    now: float,
+    wall: float,
+    policy: LeasePolicy,
+    spare_reserve: int,
+) -> tuple[list[Command], list[str], list[tuple[str, str]]]:
+    """plan_replacements, with the slots that may have a new owner now but get none: (slot,
+    reason), the reason being NO_SPARE or the spare reserve."""
     commands: list[Command] = []
     notes: list[str] = []
+    blocked: list[tuple[str, str]] = []
     taken: set[str] = set()
     for slot in state.slots:
         why = _needs_owner(state, slot, lease_seen, now, policy)
@@ -51,13 +76,25 @@ def plan_replacements(
         if slot.state not in ("released", "unassigned") and silent_s < wait_s:
             notes.append(f"{slot.name}: {why}; lease ends in {wait_s - silent_s:.1f} s")
             continue
-        spare = pick_spare(state, slot, taken)
+        keep = 0 if _drained(state, slot) else spare_reserve
+        spare = pick_spare(state, slot, taken, keep)
         if spare is None:
-            notes.append(f"{slot.name}: {why}; no spare is ready")
+            if pick_spare(state, slot, taken) is None:
+                notes.append(f"{slot.name}: {why}; {NO_SPARE}")
+                blocked.append((slot.name, NO_SPARE))
+            else:
+                notes.append(f"{slot.name}: {why}; held: {reserve_reason(keep)}")
+                blocked.append((slot.name, reserve_reason(keep)))
             continue
         taken.add(spare.name)
         commands.append(_assign(slot, spare, why, silent_s, wall, policy))
-    return commands, notes
+    return commands, notes, blocked
+
+
+def _drained(state: ClusterState, slot: SlotRecord) -> bool:
+    """An operator is draining the slot's owner: that handover may use the spare reserve."""
+    owner = state.server(slot.owner) if slot.owner else None
+    return owner is not None and owner.state == "draining"
 
 
 def _needs_owner(
@@ -88,9 +125,12 @@ def _wait_for(state: ClusterState, slot: SlotRecord, policy: LeasePolicy) -> flo
     return policy.wait_s
 
 
-def pick_spare(state: ClusterState, slot: SlotRecord, taken: set[str]) -> ServerRecord | None:
+def pick_spare(
+    state: ClusterState, slot: SlotRecord, taken: set[str], spare_reserve: int = 0
+) -> ServerRecord | None:
     """A spare that is up and owns nothing, preferably in another failure domain than the slot's
-    previous owner; ties broken by name so every leader picks the same one."""
+    previous owner; ties broken by name so every leader picks the same one. None as well when
+    no more than `spare_reserve` such spares are left (not counting those in `taken`)."""
     previous = state.server(slot.owner) if slot.owner else None
     owners = {s.owner for s in state.slots if s.owner}
     candidates = [
@@ -98,7 +138,7 @@ def pick_spare(state: ClusterState, slot: SlotRecord, taken: set[str]) -> Server
         for s in state.servers
         if s.role == "spare" and s.state == "up" and s.name not in owners and s.name not in taken
     ]
-    if not candidates:
+    if len(candidates) <= spare_reserve:
         return None
     avoid = previous.domain if previous else None
     return min(candidates, key=lambda s: (s.domain == avoid, s.name))
@@ -135,10 +175,12 @@ def plan_replacements_within(
     wall: float,
     policy: LeasePolicy,
     budget: int | None,
+    spare_reserve: int = 0,
 ) -> tuple[list[Command], list[str], list[tuple[str, str]]]:
-    """plan_replacements, limited to `budget` assignments (None: no limit). Assignments beyond
-    it are held: returned as (slot, reason) for the record, not carried out."""
-    commands, notes = plan_replacements(state, lease_seen, now, wall, policy)
+    """plan_replacements, limited to `budget` assignments (None: no limit). Slots that get no
+    spare (none ready, or only the reserve left) and assignments beyond the budget are held:
+    returned as (slot, reason) for the record, not carried out."""
+    commands, notes, blocked = _plan(state, lease_seen, now, wall, policy, spare_reserve)
     tagged = [
         dataclasses.replace(c, evidence={**c.evidence, "mode": state.mode})
         if isinstance(c, AssignSlot)
@@ -146,11 +188,11 @@ def plan_replacements_within(
         for c in commands
     ]
     if budget is None or len(tagged) <= budget:
-        return tagged, notes, []
+        return tagged, notes, blocked
     held = [
         (c.slot, f"{state.mode} mode: replacement budget used")
         for c in tagged[budget:]
         if isinstance(c, AssignSlot)
     ]
     notes += [f"{slot}: held ({why})" for slot, why in held]
-    return tagged[:budget], notes, held
+    return tagged[:budget], notes, blocked + held

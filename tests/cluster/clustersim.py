@@ -23,6 +23,7 @@ from consensus.state import ClusterState, Decision, SlotRecord
 from healer.cascade import CascadePolicy
 from healer.local import Instance, LocalPlan, LocalView, plan_local
 from healer.replace import LeasePolicy
+from healer.returns import ReturnPolicy
 from healer.verdict import VerdictPolicy
 from tests.cluster.swimsim import SwimSim
 
@@ -41,6 +42,9 @@ class SimTiming:
     verdicts: VerdictPolicy = field(default_factory=VerdictPolicy)
     leases: LeasePolicy = field(default_factory=LeasePolicy)
     cascade: CascadePolicy = field(default_factory=CascadePolicy)
+    # The `healing` config: automatic return of quarantined servers, and the spare reserve.
+    returns: ReturnPolicy = field(default_factory=ReturnPolicy)
+    spare_reserve: int = 0
 
 
 @dataclass(frozen=True)
@@ -72,11 +76,12 @@ class ClusterSim:
 
     Every server runs the real SWIM `Detector` (through `SwimSim`, over a `MemoryNetwork`) and the
     real `plan_local`; the lowest-named live server that reaches the log is the Raft leader and
-    runs `plan_leader` under `timing.cascade` (a new one takes office at once, with a fresh
-    `LeaderClock`). A killed server can be restarted with its stored incarnation. Raft is one
-    shared log applied in order through `encode_command` and `apply_payload`: every server sees
-    the same committed state, except one cut off from Raft, which keeps its last view and whose
-    commands are dropped. The driver is a fake whose instances serve as soon as they start.
+    runs `plan_leader` under `timing.cascade`, `timing.returns` and `timing.spare_reserve` (a
+    new one takes office at once, with a fresh `LeaderClock`). A killed server can be restarted
+    with its stored incarnation. Raft is one shared log applied in order through
+    `encode_command` and `apply_payload`: every server sees the same committed state, except
+    one cut off from Raft, which keeps its last view and whose commands are dropped. The driver
+    is a fake whose instances serve as soon as they start.
     Nothing reads a clock: `now` is `SwimSim.now`, also used as wall time in commands.
 
     Each step of `timing.step_s`: the network delivers due datagrams and live detectors tick
@@ -84,7 +89,8 @@ class ClusterSim:
     agent runs `plan_local` (and the leader `plan_leader` on the same snapshot) and renews its
     leases every `lease_renew_s`; detectors then probe the servers the committed state counts up.
     Safety violations (two owners at one epoch, an owner change without a higher epoch, a slot
-    reassigned while its previous owner's lease could still be valid) go to `violations`.
+    reassigned while its previous owner's lease could still be valid, or, for a slot its owner
+    released, while that owner still runs it) go to `violations`.
     """
 
     def __init__(
@@ -243,6 +249,16 @@ class ClusterSim:
             if new.owner != old.owner and not new.epoch > old.epoch:
                 self.violations.append(f"{self.now:.2f}: {new.name} changed owner at same epoch")
             if new.epoch > old.epoch and old.owner is not None:
+                if old.state == "released":
+                    # Given up (a drain, or crashes): the owner stopped its instance before the
+                    # release committed, so only a still-running instance would overlap.
+                    running = self.agents[old.owner].instances.get(old.name)
+                    if running is not None and running.epoch == old.epoch:
+                        self.violations.append(
+                            f"{self.now:.2f}: {new.name} reassigned while {old.owner} still "
+                            "runs the released slot"
+                        )
+                    continue
                 sent = self.lease_sent.get((old.name, old.epoch), float("-inf"))
                 self.fence_slack_s.append(self.now - (sent + self.timing.leases.lease_s))
                 if self.now < sent + self.timing.leases.lease_s:
@@ -301,7 +317,15 @@ class ClusterSim:
             self._leader_clock.observe(snap, now)
             t = self.timing
             led, _ = plan_leader(
-                snap, self._leader_clock, now, now, t.verdicts, t.leases, t.cascade
+                snap,
+                self._leader_clock,
+                now,
+                now,
+                t.verdicts,
+                t.leases,
+                t.cascade,
+                returns=t.returns,
+                spare_reserve=t.spare_reserve,
             )
         self._carry_out(agent, plan)
         for command in (*plan.commands, *led):

@@ -232,6 +232,39 @@ def test_verdicts_since_is_inclusive_and_kind_specific() -> None:
     assert [d.subject for d in verdicts_since(state, W - 9.99)] == ["a01"]
 
 
+@pytest.mark.parametrize(
+    ("state", "reserve", "expected"),
+    [
+        pytest.param(cluster(at(a00=-1), spares=1), 0, None, id="one-up-no-reserve"),
+        pytest.param(cluster(at(a00=-1), spares=1), 1, CASCADE_SPARES, id="one-up-reserve-1"),
+        pytest.param(cluster(at(a00=-1), spares=2), 1, None, id="two-up-reserve-1"),
+        pytest.param(cluster(at(a00=-1), spares=2), 2, CASCADE_SPARES, id="two-up-reserve-2"),
+        pytest.param(cluster(at(a00=-1), spares=0), 1, CASCADE_SPARES, id="none-up-reserve-1"),
+        pytest.param(
+            cluster(at(a00=-1), spares=1, replaced=["a00"]), 1, None, id="reserve-no-slot-waiting"
+        ),
+        pytest.param(cluster(at(a00=-61), spares=1), 1, None, id="reserve-no-fresh-verdict"),
+    ],
+)
+def test_spares_at_or_below_the_reserve_have_run_out(
+    state: ClusterState, reserve: int, expected: tuple[str, str] | None
+) -> None:
+    assert rule(next_mode(state, state.mode_since, W, POLICY, reserve)) == expected
+    assert rule(cascade_trigger(state, W, POLICY, spare_reserve=reserve)) == expected
+
+
+def test_spares_run_out_evidence_names_the_reserve() -> None:
+    change = cascade_trigger(cluster(at(a00=-1), spares=1), W, POLICY, spare_reserve=1)
+    assert change is not None
+    assert change.reason == "no spare beyond the reserve of 1 left for s00"
+    assert change.evidence == {
+        "rule": "spares_exhausted",
+        "slots_waiting": ["s00"],
+        "spares_up": 1,
+        "spare_reserve": 1,
+    }
+
+
 # ---------------------------------------------------------------- cascade -> recovering
 
 EPISODE = at(a00=-2, a01=-1, a02=0)  # the verdicts that brought cascade mode at W
@@ -581,7 +614,12 @@ def snap(state: ClusterState) -> Snapshot:
 
 
 def leader_plan(
-    state: ClusterState, clock: LeaderClock, now: float, wall: float, policy: CascadePolicy
+    state: ClusterState,
+    clock: LeaderClock,
+    now: float,
+    wall: float,
+    policy: CascadePolicy,
+    spare_reserve: int = 0,
 ) -> tuple[list[Command], ClusterState]:
     """The leader's commands at monotonic `now`: lease clocks start at 0.0 when the clock is
     new, and every live owner has renewed its lease since. Returns them with the renewed state."""
@@ -595,7 +633,9 @@ def leader_plan(
         ),
     )
     clock.observe(snap(renewed), now)
-    commands, _ = plan_leader(snap(renewed), clock, now, wall, VERDICTS, LEASES, policy)
+    commands, _ = plan_leader(
+        snap(renewed), clock, now, wall, VERDICTS, LEASES, policy, spare_reserve=spare_reserve
+    )
     return commands, renewed
 
 
@@ -605,10 +645,15 @@ def _live(state: ClusterState, slot: SlotRecord) -> bool:
 
 
 def leader_tick(
-    state: ClusterState, clock: LeaderClock, now: float, wall: float, policy: CascadePolicy
+    state: ClusterState,
+    clock: LeaderClock,
+    now: float,
+    wall: float,
+    policy: CascadePolicy,
+    spare_reserve: int = 0,
 ) -> tuple[list[Command], ClusterState]:
     """One leader tick, its commands committed in order."""
-    commands, state = leader_plan(state, clock, now, wall, policy)
+    commands, state = leader_plan(state, clock, now, wall, policy, spare_reserve)
     for command in commands:
         state = apply(state, command)
     return commands, state
@@ -702,3 +747,44 @@ def test_normal_mode_has_its_own_budget_across_ticks() -> None:
     assert state.mode == "normal"
     second, _ = leader_tick(state, clock, 10.1, W + 0.1, policy)
     assert [c for c in second if isinstance(c, AssignSlot)] == []
+
+
+def test_the_leader_keeps_the_reserve_and_records_why() -> None:
+    """One verdict among ten actives, one spare kept in reserve: the spares have run out (a
+    cascade), and the lost slot is held for the reserve, recorded once with its evidence."""
+    state = cluster(at(a00=-5), spares=1)
+    clock = LeaderClock()
+    first, committed = leader_tick(state, clock, 10.0, W, POLICY, spare_reserve=1)
+    assert summary(first) == [("set_mode", "cascade"), ("record_held", "s00")]
+    mode, held = first
+    assert isinstance(mode, SetMode) and mode.evidence["rule"] == "spares_exhausted"
+    assert isinstance(held, RecordHeld)
+    assert (held.action, held.reason, held.evidence) == (
+        "assign_slot",
+        "spare reserve (1 kept)",
+        {"spare_reserve": 1},
+    )
+    assert committed.mode == "cascade"
+    assert committed.decisions[-1].evidence == {
+        "spare_reserve": 1,
+        "action": "assign_slot",
+        "reason": "spare reserve (1 kept)",
+        "mode": "cascade",
+    }
+    again, notes = plan_leader(
+        snap(committed), clock, 10.1, W + 0.1, VERDICTS, LEASES, POLICY, spare_reserve=1
+    )
+    assert again == []
+    assert "s00: owner a00 failed; held: spare reserve (1 kept)" in notes
+    # Without a reserve the one spare takes the slot, and nothing cascades.
+    plain, _ = leader_plan(state, LeaderClock(), 10.0, W, POLICY)
+    assert summary(plain) == [("assign_slot", "s00")]
+
+
+def test_a_slot_without_any_spare_is_held_with_that_reason() -> None:
+    state = cluster(at(a00=-5), spares=0)
+    commands, _ = leader_plan(state, LeaderClock(), 10.0, W, POLICY)
+    assert summary(commands) == [("set_mode", "cascade"), ("record_held", "s00")]
+    held = commands[1]
+    assert isinstance(held, RecordHeld)
+    assert (held.reason, held.evidence) == ("no spare is ready", {})

@@ -23,7 +23,7 @@ DRAIN = DrainServer(id="drain-m1", at=10.0, server="m1", reason="kernel upgrade"
 
 def test_drain_takes_a_server_out_of_service_with_a_decision() -> None:
     drained = apply(STATE, DRAIN)
-    assert drained.server("m1") == ServerRecord("m1", "active", "a", "draining", 1)
+    assert drained.server("m1") == ServerRecord("m1", "active", "a", "draining", 1, since=10.0)
     last = drained.decisions[-1]
     assert (last.kind, last.subject) == ("server_draining", "m1")
     assert last.evidence == {"reason": "kernel upgrade", "slots": ["s1"]}

@@ -107,3 +107,113 @@ def test_a_later_incident_of_the_same_server_is_its_own_timeline() -> None:
     )
     assert [d.id for d in incident(state, FAILED)] == ["d000010", "d000011", "d000012"]
     assert [d.id for d in incident(state, failed)] == ["d000020", "d000021"]
+
+
+AUTO_RETURNED = Decision(
+    "d000030",
+    "server_returned",
+    700.0,
+    "m2",
+    {
+        "reason": "auto return: healthy for 120 s after its verdict",
+        "previous_state": "quarantined",
+        "state": "up",
+    },
+)
+OPERATOR_RETURNED = Decision(
+    "d000031",
+    "server_returned",
+    701.0,
+    "m3",
+    {"reason": "disk replaced", "previous_state": "failed", "state": "new"},
+)
+FLAP_HELD = Decision(
+    "d000032",
+    "action_held",
+    702.0,
+    "m4",
+    {
+        "failures": [100.0, 600.0],
+        "window_s": 3600.0,
+        "flap_failures": 2,
+        "incarnation": 3,
+        "action": "return_server",
+        "reason": "flap quarantine",
+        "mode": "normal",
+    },
+)
+BUDGET_HELD = Decision(
+    "d000033",
+    "action_held",
+    703.0,
+    "s1",
+    {"action": "assign_slot", "reason": "spare reserve (1 kept)", "mode": "cascade"},
+)
+
+
+@pytest.mark.parametrize(
+    ("decision", "words"),
+    [
+        (
+            AUTO_RETURNED,
+            "the leader returned m2 to the spare pool by itself (healthy for 120 s after its "
+            "verdict): it had come back after its verdict, served nothing while quarantined, "
+            "and does not flap.",
+        ),
+        (OPERATOR_RETURNED, "an operator returned m3 to the spare pool: disk replaced."),
+        (
+            FLAP_HELD,
+            "m4 stays quarantined (flap quarantine): 2 verdicts within 3600 s, so the leader "
+            "does not return it by itself; only an operator does (moonwatch return m4).",
+        ),
+        (BUDGET_HELD, "the leader held back assign_slot for s1: spare reserve (1 kept)."),
+    ],
+    ids=["auto-return", "operator-return", "flap-quarantine", "reserve-held"],
+)
+def test_returns_and_holds_in_words(decision: Decision, words: str) -> None:
+    assert explain(decision) == words
+
+
+def test_an_automatic_return_belongs_to_its_servers_incident() -> None:
+    failed = Decision("d000029", "server_failed", 500.0, "m2", {"slots_lost": []})
+    state = ClusterState(cluster="demo", decisions=(failed, AUTO_RETURNED, OPERATOR_RETURNED))
+    assert [d.id for d in incident(state, AUTO_RETURNED)] == ["d000029", "d000030"]
+
+
+def test_serving_again_and_the_voter_replacement_belong_to_the_incident() -> None:
+    from agent.explain import explain, incident
+    from consensus.state import ClusterState, Decision
+
+    decisions = (
+        Decision("d1", "server_suspected", 10.0, "m1", {"observer": "m2", "incarnation": 1}),
+        Decision("d2", "server_failed", 11.0, "m1", {"observers": ["m2", "m3"]}),
+        Decision(
+            "d3",
+            "voter_replacement_started",
+            11.1,
+            "m1",
+            {"add": "m4", "remove": "m1", "voters": ["m1", "m2", "m3"]},
+        ),
+        Decision(
+            "d4", "voter_added", 11.5, "m4", {"add": "m4", "remove": "m1", "voters": ["m1", "m4"]}
+        ),
+        Decision(
+            "d5", "voter_removed", 11.8, "m1", {"add": "m4", "remove": "m1", "voters": ["m4"]}
+        ),
+        Decision(
+            "d6", "slot_assigned", 13.0, "s1", {"owner": "m5", "epoch": 2, "previous_owner": "m1"}
+        ),
+        Decision(
+            "d7",
+            "slot_serving",
+            13.9,
+            "s1",
+            {"owner": "m5", "epoch": 2, "address": "127.0.0.1:7450", "previous_owner": "m1"},
+        ),
+    )
+    state = ClusterState(cluster="c", decisions=decisions)
+    assert [d.id for d in incident(state, decisions[1])] == [d.id for d in decisions]
+    assert [d.id for d in incident(state, decisions[6])] == [d.id for d in decisions]
+    assert "serves slot s1 again" in explain(decisions[6])
+    assert "m4 is to take its place" in explain(decisions[2])
+    assert "m1 was removed from the Raft voters" in explain(decisions[4])

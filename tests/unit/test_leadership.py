@@ -8,10 +8,12 @@ from typing import Any
 import pytest
 
 from agent.leadership import LeaderClock, plan_leader
-from consensus.commands import AssignSlot, MarkServerFailed
+from consensus.commands import AssignSlot, MarkServerFailed, RecordHeld, ReturnServer
 from consensus.protocol import RaftStatus, Snapshot
 from consensus.state import ClusterState, ProbeReport, ServerRecord, SlotRecord, Suspicion
+from healer.cascade import Mode
 from healer.replace import LeasePolicy
+from healer.returns import ReturnPolicy
 from healer.verdict import VerdictPolicy
 
 WALL = 1_700_000_000.0
@@ -250,3 +252,39 @@ def test_lease_runs_from_last_renewal_not_from_verdict(
     commands, waiting = plan_leader(snap(failed, 5), clock, now, WALL, VERDICTS, LEASES)
     assert [c.id for c in commands] == (["assign:s2:2:p1"] if assigned else [])
     assert waiting == notes
+
+
+# ---------------------------------------------------------------- automatic returns
+
+RETURNS = ReturnPolicy(auto_return_s=120.0, flap_failures=2, flap_window_s=3600.0)
+BACK = ServerRecord("q1", "spare", "rack-a", "quarantined", 4, WALL - 200.0, (WALL - 300.0,))
+FLAPPER = ServerRecord(
+    "q2", "spare", "rack-c", "quarantined", 2, WALL - 200.0, (WALL - 900.0, WALL - 300.0)
+)
+WAITING = ServerRecord("q3", "spare", "rack-b", "quarantined", 2, WALL - 60.0, (WALL - 90.0,))
+QUARANTINED = dataclasses.replace(BUSY, servers=(*BUSY.servers, BACK, FLAPPER, WAITING))
+
+
+def test_plan_leader_returns_nothing_by_default() -> None:
+    clock = LeaderClock()
+    clock.observe(snap(QUARANTINED, 5), 10.0)
+    commands, notes = plan_leader(snap(QUARANTINED, 5), clock, 10.5, WALL, VERDICTS, LEASES)
+    assert [c.id for c in commands] == ["verdict:a3:1", "assign:s1:3:p1"]
+    assert not any("quarantined" in n for n in notes)
+
+
+@pytest.mark.parametrize("mode", ["normal", "cascade", "recovering"])
+def test_plan_leader_adds_the_returns_after_everything_else(mode: Mode) -> None:
+    state = dataclasses.replace(QUARANTINED, mode=mode, mode_since=WALL - 1.0)
+    clock = LeaderClock()
+    clock.observe(snap(state, 5), 10.0)
+    commands, notes = plan_leader(
+        snap(state, 5), clock, 10.5, WALL, VERDICTS, LEASES, returns=RETURNS
+    )
+    *_, returned, held = commands
+    assert isinstance(returned, ReturnServer) and returned.id == "auto-return:q1:4"
+    assert isinstance(held, RecordHeld) and held.id == "flap-quarantine:q2:2"
+    assert notes[-2:] == [
+        "q2 stays quarantined: 2 verdicts within 3600 s (flap quarantine)",
+        "q3 quarantined: auto return after 120 s back",
+    ]

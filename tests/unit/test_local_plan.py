@@ -214,7 +214,7 @@ def plan(
             view(inst(), inst("s2", 1), incarnation=4),
             LEADER,
             LocalPlan(
-                "quarantined: serving nothing until an operator returns this server",
+                "quarantined: serving nothing until it is returned to the spare pool",
                 stops=(
                     StopInstance("s1", "this server is quarantined"),
                     StopInstance("s2", "this server is quarantined"),

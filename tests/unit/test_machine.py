@@ -19,6 +19,7 @@ from consensus.commands import (
     Bootstrap,
     Command,
     CommandDecodeError,
+    DrainServer,
     DropSuspicion,
     MarkServerFailed,
     ReleaseSlot,
@@ -36,6 +37,7 @@ from consensus.machine import CommandRejected, apply, apply_payload
 from consensus.membership import MAX_EVIDENCE_KEYS
 from consensus.state import (
     MAX_DECISIONS,
+    MAX_FAILURES_KEPT,
     MAX_REMEMBERED_COMMANDS,
     ClusterState,
     Decision,
@@ -303,7 +305,9 @@ ACCEPTED = [
         lambda s, c: expected(
             s,
             c,
-            servers=[ServerRecord("m1", "active", "rack-a", state="up", incarnation=1)],
+            servers=[
+                ServerRecord("m1", "active", "rack-a", state="up", incarnation=1, since=101.0)
+            ],
             decision=Decision(
                 "d000002", "server_up", 101.0, "m1", {"incarnation": 1, "previous_state": "new"}
             ),
@@ -316,7 +320,9 @@ ACCEPTED = [
         lambda s, c: expected(
             s,
             c,
-            servers=[ServerRecord("m1", "active", "rack-a", state="up", incarnation=2)],
+            servers=[
+                ServerRecord("m1", "active", "rack-a", state="up", incarnation=2, since=101.0)
+            ],
             decision=Decision(
                 "d000005", "server_up", 101.0, "m1", {"incarnation": 2, "previous_state": "up"}
             ),
@@ -329,7 +335,9 @@ ACCEPTED = [
         lambda s, c: expected(
             s,
             c,
-            servers=[ServerRecord("m2", "active", "rack-b", state="up", incarnation=2)],
+            servers=[
+                ServerRecord("m2", "active", "rack-b", state="up", incarnation=2, since=101.0)
+            ],
             suspicions=(),
             decision=Decision(
                 "d000006",
@@ -347,7 +355,9 @@ ACCEPTED = [
         lambda s, c: expected(
             s,
             c,
-            servers=[ServerRecord("m1", "active", "rack-a", state="up", incarnation=2)],
+            servers=[
+                ServerRecord("m1", "active", "rack-a", state="up", incarnation=2, since=101.0)
+            ],
             decision=Decision(
                 "d000006", "server_up", 101.0, "m1", {"incarnation": 2, "previous_state": "up"}
             ),
@@ -360,7 +370,17 @@ ACCEPTED = [
         lambda s, c: expected(
             s,
             c,
-            servers=[ServerRecord("m2", "active", "rack-b", state="quarantined", incarnation=2)],
+            servers=[
+                ServerRecord(
+                    "m2",
+                    "active",
+                    "rack-b",
+                    state="quarantined",
+                    incarnation=2,
+                    since=101.0,
+                    failures=(102.0,),
+                )
+            ],
             decision=Decision(
                 "d000006",
                 "server_back_quarantined",
@@ -377,7 +397,17 @@ ACCEPTED = [
         lambda s, c: expected(
             s,
             c,
-            servers=[ServerRecord("m3", "spare", "rack-c", state="quarantined", incarnation=3)],
+            servers=[
+                ServerRecord(
+                    "m3",
+                    "spare",
+                    "rack-c",
+                    state="quarantined",
+                    incarnation=3,
+                    since=101.0,
+                    failures=(102.0,),
+                )
+            ],
             decision=Decision(
                 "d000007",
                 "server_back_quarantined",
@@ -394,7 +424,17 @@ ACCEPTED = [
         lambda s, c: expected(
             s,
             c,
-            servers=[ServerRecord("m2", "spare", "rack-b", state="up", incarnation=2)],
+            servers=[
+                ServerRecord(
+                    "m2",
+                    "spare",
+                    "rack-b",
+                    state="up",
+                    incarnation=2,
+                    since=101.0,
+                    failures=(102.0,),
+                )
+            ],
             decision=Decision(
                 "d000007", "server_up", 101.0, "m2", {"incarnation": 2, "previous_state": "new"}
             ),
@@ -408,7 +448,17 @@ ACCEPTED = [
         lambda s, c: expected(
             s,
             c,
-            servers=[ServerRecord("m2", "active", "rack-b", state="failed", incarnation=1)],
+            servers=[
+                ServerRecord(
+                    "m2",
+                    "active",
+                    "rack-b",
+                    state="failed",
+                    incarnation=1,
+                    since=102.0,
+                    failures=(102.0,),
+                )
+            ],
             slots=[lost(S2)],
             decision=Decision(
                 "d000005",
@@ -431,7 +481,17 @@ ACCEPTED = [
         lambda s, c: expected(
             s,
             c,
-            servers=[ServerRecord("m2", "active", "rack-b", state="failed", incarnation=0)],
+            servers=[
+                ServerRecord(
+                    "m2",
+                    "active",
+                    "rack-b",
+                    state="failed",
+                    incarnation=0,
+                    since=102.0,
+                    failures=(102.0,),
+                )
+            ],
             slots=[lost(S2)],
             decision=Decision(
                 "d000002",
@@ -449,7 +509,17 @@ ACCEPTED = [
         lambda s, c: expected(
             s,
             c,
-            servers=[ServerRecord("m2", "active", "rack-b", state="failed", incarnation=3)],
+            servers=[
+                ServerRecord(
+                    "m2",
+                    "active",
+                    "rack-b",
+                    state="failed",
+                    incarnation=3,
+                    since=102.0,
+                    failures=(102.0,),
+                )
+            ],
             slots=[lost(S2)],
             decision=Decision(
                 "d000005",
@@ -467,7 +537,17 @@ ACCEPTED = [
         lambda s, c: expected(
             s,
             c,
-            servers=[ServerRecord("m1", "active", "rack-a", state="failed", incarnation=1)],
+            servers=[
+                ServerRecord(
+                    "m1",
+                    "active",
+                    "rack-a",
+                    state="failed",
+                    incarnation=1,
+                    since=102.0,
+                    failures=(102.0,),
+                )
+            ],
             # The lease count stays: the leader measures the lease from the last renewal.
             slots=[SlotRecord("s1", ("acme",), "m1", 1, "lost", None, 5.0, 1)],
             decision=Decision(
@@ -486,7 +566,17 @@ ACCEPTED = [
         lambda s, c: expected(
             s,
             c,
-            servers=[ServerRecord("m1", "active", "rack-a", state="failed", incarnation=1)],
+            servers=[
+                ServerRecord(
+                    "m1",
+                    "active",
+                    "rack-a",
+                    state="failed",
+                    incarnation=1,
+                    since=102.0,
+                    failures=(102.0,),
+                )
+            ],
             slots=[
                 lost(S1),
                 SlotRecord("s2", ("globex", "initech"), "m1", 2, "lost", None, 5.0, 0),
@@ -507,7 +597,17 @@ ACCEPTED = [
         lambda s, c: expected(
             s,
             c,
-            servers=[ServerRecord("m1", "active", "rack-a", state="failed", incarnation=1)],
+            servers=[
+                ServerRecord(
+                    "m1",
+                    "active",
+                    "rack-a",
+                    state="failed",
+                    incarnation=1,
+                    since=102.0,
+                    failures=(102.0,),
+                )
+            ],
             decision=Decision(
                 "d000006",
                 "server_failed",
@@ -524,7 +624,17 @@ ACCEPTED = [
         lambda s, c: expected(
             s,
             c,
-            servers=[ServerRecord("m2", "active", "rack-b", state="failed", incarnation=1)],
+            servers=[
+                ServerRecord(
+                    "m2",
+                    "active",
+                    "rack-b",
+                    state="failed",
+                    incarnation=1,
+                    since=102.0,
+                    failures=(102.0,),
+                )
+            ],
             slots=[lost(S2)],
             suspicions=(),
             decision=Decision(
@@ -543,7 +653,17 @@ ACCEPTED = [
         lambda s, c: expected(
             s,
             c,
-            servers=[ServerRecord("m2", "spare", "rack-b", state="failed", incarnation=1)],
+            servers=[
+                ServerRecord(
+                    "m2",
+                    "spare",
+                    "rack-b",
+                    state="failed",
+                    incarnation=1,
+                    since=102.0,
+                    failures=(102.0, 102.0),
+                )
+            ],
             decision=Decision(
                 "d000007",
                 "server_failed",
@@ -561,7 +681,9 @@ ACCEPTED = [
         lambda s, c: expected(
             s,
             c,
-            servers=[ServerRecord("m3", "active", "rack-c", state="up", incarnation=1)],
+            servers=[
+                ServerRecord("m3", "active", "rack-c", state="up", incarnation=1, since=101.0)
+            ],
             slots=[SlotRecord("s1", ("acme",), "m3", 2, "assigned", None, 5.0, 0)],
             decision=Decision(
                 "d000005",
@@ -585,7 +707,9 @@ ACCEPTED = [
         lambda s, c: expected(
             s,
             c,
-            servers=[ServerRecord("m3", "active", "rack-c", state="up", incarnation=1)],
+            servers=[
+                ServerRecord("m3", "active", "rack-c", state="up", incarnation=1, since=101.0)
+            ],
             slots=[SlotRecord("s1", ("acme",), "m3", 2, "assigned", None, 5.0, 0)],
             decision=Decision(
                 "d000005",
@@ -620,7 +744,9 @@ ACCEPTED = [
         lambda s, c: expected(
             s,
             c,
-            servers=[ServerRecord("m3", "active", "rack-c", state="up", incarnation=1)],
+            servers=[
+                ServerRecord("m3", "active", "rack-c", state="up", incarnation=1, since=101.0)
+            ],
             slots=[SlotRecord("s2", ("globex", "initech"), "m3", 2, "assigned", None, 5.0, 0)],
             decision=Decision(
                 "d000006",
@@ -638,7 +764,17 @@ ACCEPTED = [
         lambda s, c: expected(
             s,
             c,
-            servers=[ServerRecord("m3", "active", "rack-c", state="up", incarnation=2)],
+            servers=[
+                ServerRecord(
+                    "m3",
+                    "active",
+                    "rack-c",
+                    state="up",
+                    incarnation=2,
+                    since=109.0,
+                    failures=(102.0,),
+                )
+            ],
             slots=[SlotRecord("s1", ("acme",), "m3", 2, "assigned", None, 5.0, 0)],
             decision=Decision(
                 "d000008",
@@ -860,7 +996,17 @@ ACCEPTED = [
         lambda s, c: expected(
             s,
             c,
-            servers=[ServerRecord("m2", "spare", "rack-b", state="new", incarnation=1)],
+            servers=[
+                ServerRecord(
+                    "m2",
+                    "spare",
+                    "rack-b",
+                    state="new",
+                    incarnation=1,
+                    since=109.0,
+                    failures=(102.0,),
+                )
+            ],
             decision=Decision(
                 "d000006",
                 "server_returned",
@@ -877,7 +1023,17 @@ ACCEPTED = [
         lambda s, c: expected(
             s,
             c,
-            servers=[ServerRecord("m3", "spare", "rack-c", state="up", incarnation=2)],
+            servers=[
+                ServerRecord(
+                    "m3",
+                    "spare",
+                    "rack-c",
+                    state="up",
+                    incarnation=2,
+                    since=109.0,
+                    failures=(102.0,),
+                )
+            ],
             decision=Decision(
                 "d000007",
                 "server_returned",
@@ -894,7 +1050,17 @@ ACCEPTED = [
         lambda s, c: expected(
             s,
             c,
-            servers=[ServerRecord("m2", "spare", "rack-b", state="up", incarnation=2)],
+            servers=[
+                ServerRecord(
+                    "m2",
+                    "spare",
+                    "rack-b",
+                    state="up",
+                    incarnation=2,
+                    since=109.0,
+                    failures=(102.0,),
+                )
+            ],
             decision=Decision(
                 "d000007",
                 "server_returned",
@@ -1493,14 +1659,18 @@ def test_a_failed_verdict_keeps_the_highest_incarnation_seen() -> None:
     """Observers saw incarnation 2 before its ServerUp was committed: that life is failed, and
     only a restart with a higher incarnation is heard from again, and then only quarantined."""
     failed = run(ALL_UP, fail("m2", 2))
-    assert server_of(failed, "m2") == ServerRecord("m2", "active", "rack-b", "failed", 2)
+    assert server_of(failed, "m2") == ServerRecord(
+        "m2", "active", "rack-b", "failed", 2, since=102.0, failures=(102.0,)
+    )
 
     with pytest.raises(CommandRejected, match="incarnation 2 is not newer than 2") as raised:
         apply(failed, up("m2", 2))
 
     assert raised.value.stale
     back = run(failed, up("m2", 3))
-    assert server_of(back, "m2") == ServerRecord("m2", "active", "rack-b", "quarantined", 3)
+    assert server_of(back, "m2") == ServerRecord(
+        "m2", "active", "rack-b", "quarantined", 3, since=101.0, failures=(102.0,)
+    )
 
 
 def test_a_failed_server_is_replaced_and_returns_only_as_a_spare() -> None:
@@ -1535,14 +1705,95 @@ def test_a_failed_server_is_replaced_and_returns_only_as_a_spare() -> None:
         apply(back, assign("s1", "m2", 2))
 
     returned = run(back, return_server("m2"))
-    assert server_of(returned, "m2") == ServerRecord("m2", "spare", "rack-b", "up", 2)
+    # Back in the pool, it keeps its verdicts: failing again soon would make it a flapper.
+    assert server_of(returned, "m2") == ServerRecord(
+        "m2", "spare", "rack-b", "up", 2, since=109.0, failures=(102.0,)
+    )
     assert [d.kind for d in returned.decisions[len(ALL_UP.decisions) :]] == [
         "server_suspected",
         "server_failed",
         "slot_assigned",
+        "slot_serving",
         "server_back_quarantined",
         "server_returned",
     ]
+
+
+# ------------------------------------------------------------------ since and failures
+
+
+def drain(server: str) -> DrainServer:
+    return DrainServer(id=f"drain-{server}", at=110.0, server=server, reason="kernel upgrade")
+
+
+@pytest.mark.parametrize(
+    ("start", "command", "name", "since", "failures"),
+    [
+        pytest.param(BOOTED, up("m1", 1), "m1", 101.0, (), id="joining-new-to-up"),
+        pytest.param(
+            dataclasses.replace(
+                ALL_UP, servers=tuple(dataclasses.replace(s, since=50.0) for s in ALL_UP.servers)
+            ),
+            up("m1", 2),
+            "m1",
+            50.0,
+            (),
+            id="restart-up-to-up-keeps-since",
+        ),
+        pytest.param(M2_DISPUTED, up("m2", 2), "m2", 101.0, (), id="refutation-keeps-since"),
+        pytest.param(ALL_UP, fail("m2", 1), "m2", 102.0, (102.0,), id="verdict"),
+        pytest.param(M2_FAILED, up("m2", 2), "m2", 101.0, (102.0,), id="back-quarantined"),
+        pytest.param(
+            run(M2_FAILED, up("m2", 2, cid="first-back")),
+            dataclasses.replace(up("m2", 3), at=140.0),
+            "m2",
+            101.0,
+            (102.0,),
+            id="restart-while-quarantined-keeps-since",
+        ),
+        pytest.param(
+            M3_QUARANTINED, return_server("m3"), "m3", 109.0, (102.0,), id="return-keeps-failures"
+        ),
+        pytest.param(M2_FAILED, return_server("m2"), "m2", 109.0, (102.0,), id="return-of-failed"),
+        pytest.param(ALL_UP, drain("m1"), "m1", 110.0, (), id="drain"),
+        pytest.param(
+            run(ALL_UP, drain("m1"), release("s1", "m1", 1)),
+            return_server("m1"),
+            "m1",
+            109.0,
+            (),
+            id="drain-ends-by-return",
+        ),
+        pytest.param(ALL_UP, assign("s1", "m3", 2), "m3", 101.0, (), id="role-change-only"),
+    ],
+)
+def test_since_moves_with_the_state_and_failures_with_each_verdict(
+    start: ClusterState,
+    command: Command,
+    name: str,
+    since: float,
+    failures: tuple[float, ...],
+) -> None:
+    record = server_of(apply(start, command), name)
+    assert (record.since, record.failures) == (since, failures)
+
+
+def test_failures_keep_only_the_latest_verdicts() -> None:
+    """Ten fail, restart, return cycles of m2: the last MAX_FAILURES_KEPT verdicts remain."""
+    state = ALL_UP
+    verdicts = [200.0 + 10 * i for i in range(10)]
+    for i, at in enumerate(verdicts):
+        state = run(
+            state,
+            dataclasses.replace(fail("m2", i + 1, cid=f"fail-{i}"), at=at),
+            dataclasses.replace(up("m2", i + 2), at=at + 1),
+            dataclasses.replace(return_server("m2", cid=f"return-{i}"), at=at + 5),
+        )
+        assert server_of(state, "m2").failures == tuple(verdicts[: i + 1][-MAX_FAILURES_KEPT:])
+    m2 = server_of(state, "m2")
+    assert MAX_FAILURES_KEPT == 8
+    assert m2.failures == tuple(verdicts[2:])
+    assert (m2.state, m2.incarnation, m2.since) == ("up", 11, 295.0)
 
 
 @pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e999"])
@@ -1820,7 +2071,7 @@ def test_replicas_applying_the_same_log_agree(history: list[str]) -> None:
 
 
 HELD: tuple[str, ...] = ("assigned", "serving")
-SILENT_KINDS = frozenset({"slot_serving", "renew_lease"})  # accepted without a decision
+SILENT_KINDS = frozenset({"renew_lease"})  # accepted without a decision
 
 
 def assert_consistent(state: ClusterState) -> None:
@@ -1855,6 +2106,11 @@ def assert_step(previous: ClusterState, state: ClusterState, command: Command) -
     decided = state.decision_seq - previous.decision_seq
     if command.kind in SILENT_KINDS:
         assert decided == 0
+    elif isinstance(command, SlotServing):
+        # Only the first serving of a moved slot closes an incident with a decision.
+        slot = previous.slot(command.slot)
+        assert slot is not None
+        assert decided == int(slot.state == "assigned" and slot.epoch > 1)
     elif isinstance(command, ReportProbe):
         assert decided == int(previous.suspicion(command.target) is None)
     else:
@@ -1870,6 +2126,13 @@ def assert_step(previous: ClusterState, state: ClusterState, command: Command) -
     for before in previous.slots:
         moved = isinstance(command, AssignSlot) and command.slot == before.name
         assert slot_of(state, before.name).epoch == before.epoch + int(moved)
+    for before in previous.servers:
+        after = server_of(state, before.name)
+        # `since` is the time of the last change of state; a verdict adds to the failures.
+        assert after.since == (command.at if after.state != before.state else before.since)
+        judged = isinstance(command, MarkServerFailed) and command.server == before.name
+        added = (command.at,) if judged else ()
+        assert after.failures == (*before.failures, *added)[-MAX_FAILURES_KEPT:]
     if isinstance(command, MarkServerFailed):
         held = [s.name for s in previous.slots_owned_by(command.server) if s.state in HELD]
         assert server_of(state, command.server).state == "failed"
@@ -1899,7 +2162,7 @@ def test_histories_reach_the_new_commands() -> None:
     reached: set[str] = set()
 
     @settings(
-        max_examples=200,
+        max_examples=400,
         deadline=None,
         derandomize=True,
         database=None,

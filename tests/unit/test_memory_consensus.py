@@ -250,6 +250,7 @@ async def test_a_new_leader_serves_the_same_log(cluster: Cluster) -> None:
         commit_index=2,
         last_applied=2,
         ready=True,
+        members=("m1", "m2", "m3"),
     )
     assert cluster.state("m1").applied == 1
     cluster.log.heal()

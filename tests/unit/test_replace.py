@@ -6,7 +6,13 @@ import pytest
 
 from consensus.commands import AssignSlot
 from consensus.state import ClusterState, Role, ServerRecord, ServerState, SlotRecord, SlotState
-from healer.replace import LeasePolicy, pick_spare, plan_replacements
+from healer.replace import (
+    NO_SPARE,
+    LeasePolicy,
+    pick_spare,
+    plan_replacements,
+    plan_replacements_within,
+)
 
 POLICY = LeasePolicy(lease_s=2.0, drift=0.0, margin_s=0.5)  # wait_s = 2.5
 WALL = 1_700_000_000.0
@@ -396,3 +402,152 @@ def test_pick_spare(
     )
     picked = pick_spare(state, lost, set(taken))
     assert (picked.name if picked else None) == expected
+
+
+# ---------------------------------------------------------------- spare reserve
+
+P1, P2, P3 = (srv(f"p{i}", "rack-c", "spare") for i in (1, 2, 3))
+
+
+@pytest.mark.parametrize(
+    ("spares", "taken", "reserve", "expected"),
+    [
+        pytest.param((P1, P2), set(), 0, "p1", id="no-reserve"),
+        pytest.param((P1, P2), set(), 1, "p1", id="one-of-two-kept-the-preferred-is-used"),
+        pytest.param((P1,), set(), 1, None, id="the-only-spare-is-the-reserve"),
+        pytest.param((P1, P2), set(), 2, None, id="reserve-equals-spares"),
+        pytest.param((P1, P2), set(), 5, None, id="reserve-above-spares"),
+        pytest.param((P1, P2, P3), {"p1"}, 1, "p2", id="taken-this-round-is-not-free"),
+        pytest.param((P1, P2), {"p1"}, 1, None, id="taken-leaves-only-the-reserve"),
+        pytest.param(
+            (P1, srv("p2", "rack-c", "spare", "quarantined")),
+            set(),
+            1,
+            None,
+            id="a-quarantined-spare-is-no-reserve",
+        ),
+    ],
+)
+def test_pick_spare_leaves_the_reserve(
+    spares: tuple[ServerRecord, ...], taken: set[str], reserve: int, expected: str | None
+) -> None:
+    lost = slot(state="lost")
+    state = ClusterState(
+        cluster="moon", servers=(srv("a1", "rack-a", state="failed"), *spares), slots=(lost,)
+    )
+    picked = pick_spare(state, lost, set(taken), reserve)
+    assert (picked.name if picked else None) == expected
+
+
+def two_lost(*spares: ServerRecord, a2: ServerState = "failed") -> ClusterState:
+    """a1 and a2 (rack-a, rack-b) lost s1 and s2; their leases are past the wait."""
+    s2_state: SlotState = "lost" if a2 == "failed" else "released"
+    servers = (srv("a1", "rack-a", state="failed"), srv("a2", "rack-b", state=a2), *spares)
+    return ClusterState(
+        cluster="moon",
+        servers=servers,
+        slots=(slot("s1", state="lost"), slot("s2", "a2", state=s2_state)),
+    )
+
+
+SEEN = {"s1": NOW - 3.0, "s2": NOW - 3.0}
+RESERVED = "spare reserve (1 kept)"
+
+
+@pytest.mark.parametrize(
+    ("state", "reserve", "assigned", "held", "notes"),
+    [
+        pytest.param(
+            two_lost(P1, P2), 0, [("s1", "p1"), ("s2", "p2")], [], [], id="no-reserve-both"
+        ),
+        pytest.param(
+            two_lost(P1, P2),
+            1,
+            [("s1", "p1")],
+            [("s2", RESERVED)],
+            [f"s2: owner a2 failed; held: {RESERVED}"],
+            id="reserve-1-of-2",
+        ),
+        pytest.param(
+            two_lost(P1),
+            1,
+            [],
+            [("s1", RESERVED), ("s2", RESERVED)],
+            [f"s1: owner a1 failed; held: {RESERVED}", f"s2: owner a2 failed; held: {RESERVED}"],
+            id="the-single-spare-is-kept",
+        ),
+        pytest.param(
+            two_lost(),
+            1,
+            [],
+            [("s1", NO_SPARE), ("s2", NO_SPARE)],
+            ["s1: owner a1 failed; no spare is ready", "s2: owner a2 failed; no spare is ready"],
+            id="no-spare-at-all-is-not-the-reserve",
+        ),
+        pytest.param(
+            two_lost(P1),
+            0,
+            [("s1", "p1")],
+            [("s2", NO_SPARE)],
+            ["s2: owner a2 failed; no spare is ready"],
+            id="run-out-without-reserve",
+        ),
+        pytest.param(
+            two_lost(P1, a2="draining"),
+            1,
+            [("s2", "p1")],
+            [("s1", RESERVED)],
+            [f"s1: owner a1 failed; held: {RESERVED}"],
+            id="an-operator-drain-may-use-the-reserve",
+        ),
+        pytest.param(
+            two_lost(P1, a2="up"),
+            1,
+            [],
+            [("s1", RESERVED), ("s2", RESERVED)],
+            [f"s1: owner a1 failed; held: {RESERVED}", f"s2: released by a2; held: {RESERVED}"],
+            id="a-slot-given-up-by-its-owner-may-not",
+        ),
+    ],
+)
+def test_spare_reserve(
+    state: ClusterState,
+    reserve: int,
+    assigned: list[tuple[str, str]],
+    held: list[tuple[str, str]],
+    notes: list[str],
+) -> None:
+    commands, noted, holds = plan_replacements_within(
+        state, SEEN, NOW, WALL, POLICY, None, spare_reserve=reserve
+    )
+    assert [(c.slot, c.owner) for c in commands if isinstance(c, AssignSlot)] == assigned
+    assert holds == held
+    assert noted == notes
+    plain, plain_notes = plan_replacements(state, SEEN, NOW, WALL, POLICY, reserve)
+    assert [(c.slot, c.owner) for c in plain if isinstance(c, AssignSlot)] == assigned
+    assert plain_notes == notes
+
+
+def test_a_draining_owner_past_its_lease_may_hand_over_to_the_reserve() -> None:
+    """The drain has not released the slot yet (the owner is slow): after the lease wait the
+    leader moves it anyway, and a drain may take the last spare."""
+    state = cluster(slot(), a1="draining")
+    commands, notes = plan_replacements(state, {"s1": NOW - 3.0}, NOW, WALL, POLICY, 1)
+    assert [(c.slot, c.owner, c.reason) for c in commands if isinstance(c, AssignSlot)] == [
+        ("s1", "p1", "owner a1 is draining")
+    ]
+    assert notes == []
+
+
+def test_budget_holds_follow_the_slots_that_got_no_spare() -> None:
+    state = two_lost(P1, P2, P3)
+    state = ClusterState(
+        cluster="moon",
+        servers=state.servers,
+        slots=(*state.slots, slot("s3", "a1", state="lost")),
+        mode="cascade",
+    )
+    seen = {**SEEN, "s3": NOW - 3.0}
+    commands, _, holds = plan_replacements_within(state, seen, NOW, WALL, POLICY, 1, 1)
+    assert [(c.slot, c.owner) for c in commands if isinstance(c, AssignSlot)] == [("s1", "p1")]
+    assert holds == [("s3", RESERVED), ("s2", "cascade mode: replacement budget used")]
