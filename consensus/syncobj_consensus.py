@@ -181,6 +181,11 @@ class SyncObjConsensus:
             await self.stop()
             self._settings = replace(self._settings, voters={v: known[v] for v in voters})
             _log.warning("raft node restarting for voters %s", ",".join(voters))
+            if not self._settings.voter:
+                # A node that no longer votes may hold a term from elections it tried alone;
+                # the leader's entries would look stale to it forever. It needs no durable
+                # term or log: it fetches both from the leader again.
+                self._forget_journal()
             # Until the new node has found a leader it is on its own: say so at once.
             raft = RaftStatus(
                 self._settings.server,
@@ -194,6 +199,14 @@ class SyncObjConsensus:
             self._snapshot = Snapshot(self._snapshot.state, raft, self._snapshot.version + 1)
             self._changed.set()
             await self.start()
+
+    def _forget_journal(self) -> None:
+        journal = self._settings.journal_dir
+        for path in journal.glob("raft.*"):
+            try:
+                path.unlink()
+            except OSError as exc:
+                raise ConsensusError(f"cannot remove old raft journal {path}: {exc}") from exc
 
     async def add_voter(self, server: str, timeout_s: float) -> SubmitResult:
         address = self._settings.addresses().get(server)

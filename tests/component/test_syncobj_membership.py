@@ -3,6 +3,7 @@ leaves, and the group keeps a quorum through the next failure."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -139,3 +140,26 @@ async def test_a_removed_voter_rejoins_read_only_and_follows_again(group: Group)
     state = await group.wait_applied(2)
     server = state.server(victim)
     assert server is not None and server.incarnation == 2
+
+
+async def test_a_voter_removed_while_down_rejoins_read_only_despite_its_own_elections(
+    group: Group,
+) -> None:
+    await group.start(*VOTERS, "m4")
+    leader = await group.wait_leader()
+    assert await group.nodes[leader].submit(BOOT_VOTERS, SUBMIT_S) == COMMITTED
+    victim = next(v for v in VOTERS if v != leader)
+    await group.stop(victim)  # frozen or down while the cluster replaces it
+    await group.nodes["m4"].rejoin((*VOTERS, "m4"))
+    assert await group.nodes[leader].add_voter("m4", SUBMIT_S) == COMMITTED
+    assert await group.nodes[leader].remove_voter(victim, SUBMIT_S) == COMMITTED
+    assert await group.nodes[leader].submit(up("m4", 2), SUBMIT_S) == COMMITTED
+
+    await group.start(victim)  # back with its old membership; it may campaign on its own
+    await asyncio.sleep(2.0)
+    assert group.raft(victim).leader is None  # nobody answers a voter they removed
+
+    voters = tuple(sorted({*VOTERS, "m4"} - {victim}))
+    await group.nodes[victim].rejoin(voters)
+    assert await wait_until(lambda: group.state(victim).applied >= 2, SUBMIT_S), group.describe()
+    assert group.raft(victim).leader == leader and not group.raft(victim).voter
