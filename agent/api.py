@@ -17,6 +17,13 @@ from agent.explain import explained
 from agent.loop import DecisionLoop
 from agent.metrics import AgentMetrics
 from agent.status import decision_document, decisions_document, status_document
+from agent.stops_api import (
+    lift_command,
+    not_a_tenant,
+    pin_command,
+    pin_duration,
+    stops_document,
+)
 from consensus.commands import Command, DrainServer, ReturnServer, SetMode
 from consensus.protocol import Consensus
 
@@ -50,6 +57,9 @@ def build_api(ctx: ApiContext) -> web.Application:
     app.router.add_post("/v1/servers/{name}/return", api.return_server)
     app.router.add_post("/v1/mode/resume", api.resume)
     app.router.add_post("/v1/servers/{name}/drain", api.drain_server)
+    app.router.add_get("/v1/stops", api.stops)
+    app.router.add_post("/v1/stops/{subdomain}/lift", api.lift_stop)
+    app.router.add_post("/v1/stops/{subdomain}/pin", api.pin_stop)
     return app
 
 
@@ -158,6 +168,51 @@ class _Api:
         )
         failed = await _submit_operator(self._ctx, command)
         return failed or _json({"ok": True, "mode": "normal", "reason": reason})
+
+    async def stops(self, _: web.Request) -> web.Response:
+        state = self._ctx.consensus.snapshot().state
+        return _json(stops_document(state, self._ctx.clock.wall()))
+
+    async def lift_stop(self, request: web.Request) -> web.Response:
+        """Operator: let a stopped tenant in again now."""
+        denied = _authorize(request, self._ctx.api_token)
+        if denied is not None:
+            return denied
+        subdomain = request.match_info["subdomain"].lower()
+        state = self._ctx.consensus.snapshot().state
+        missing = not_a_tenant(state, subdomain)
+        if missing is not None:
+            return missing
+        reason = await _reason(request)
+        if isinstance(reason, web.Response):
+            return reason
+        command = lift_command(subdomain, reason, self._ctx.clock.wall())
+        failed = await _submit_operator(self._ctx, command)
+        return failed or _json({"ok": True, "subdomain": subdomain, "reason": reason})
+
+    async def pin_stop(self, request: web.Request) -> web.Response:
+        """Operator: stop a tenant for `for_s` seconds, whatever its traffic."""
+        denied = _authorize(request, self._ctx.api_token)
+        if denied is not None:
+            return denied
+        subdomain = request.match_info["subdomain"].lower()
+        missing = not_a_tenant(self._ctx.consensus.snapshot().state, subdomain)
+        if missing is not None:
+            return missing
+        try:
+            body = await request.json() if request.body_exists else None
+        except ValueError:
+            return _json({"error": "body must be JSON", "status": 400}, 400)
+        for_s = pin_duration(body)
+        if isinstance(for_s, str):
+            return _json({"error": for_s, "status": 400}, 400)
+        reason = body.get("reason", "operator pin") if isinstance(body, dict) else "operator pin"
+        if not isinstance(reason, str) or len(reason) > 500:
+            return _json({"error": "reason must be a string of at most 500 characters"}, 400)
+        wall = self._ctx.clock.wall()
+        failed = await _submit_operator(self._ctx, pin_command(subdomain, for_s, reason, wall))
+        body_out = {"ok": True, "subdomain": subdomain, "until": wall + for_s, "reason": reason}
+        return failed or _json(body_out)
 
 
 async def _submit_operator(ctx: ApiContext, command: Command) -> web.Response | None:

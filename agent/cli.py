@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from agent.clock import SystemClock
 from agent.config import ClusterConfig, ConfigError, load_config
@@ -21,7 +23,9 @@ from agent.statusview import (
     operator_call,
     render_explanation,
     render_status,
+    render_stops,
 )
+from agent.stops_api import parse_duration
 from agent.wiring import build_agent
 
 DEFAULT_CONFIG = "cluster.yml"
@@ -46,6 +50,21 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--config", default=DEFAULT_CONFIG, help="find agents from this config")
     status.add_argument("--json", action="store_true", help="print the raw /v1/status JSON")
 
+    _operator_parsers(sub)
+
+    explain = sub.add_parser("explain", help="a decision in words, with its incident timeline")
+    explain.add_argument("id", help="decision id, e.g. d000012 (see GET /v1/decisions)")
+    explain.add_argument("--config", default=DEFAULT_CONFIG, help="find agents from this config")
+    explain.add_argument("--url", action="append", help="an agent's URL (repeatable)")
+
+    _stops_parsers(sub)
+
+    check = sub.add_parser("check-config", help="validate a cluster config file")
+    check.add_argument("file")
+    return parser
+
+
+def _operator_parsers(sub: Any) -> None:
     back = sub.add_parser("return", help="put a failed or quarantined server back as a spare")
     back.add_argument("server")
     back.add_argument("--config", default=DEFAULT_CONFIG, help="agents and the operator token")
@@ -63,36 +82,52 @@ def _parser() -> argparse.ArgumentParser:
     resume.add_argument("--url", action="append", help="an agent's URL (repeatable)")
     resume.add_argument("--reason", default="resumed by an operator")
 
-    explain = sub.add_parser("explain", help="a decision in words, with its incident timeline")
-    explain.add_argument("id", help="decision id, e.g. d000012 (see GET /v1/decisions)")
-    explain.add_argument("--config", default=DEFAULT_CONFIG, help="find agents from this config")
-    explain.add_argument("--url", action="append", help="an agent's URL (repeatable)")
 
-    check = sub.add_parser("check-config", help="validate a cluster config file")
-    check.add_argument("file")
-    return parser
+def _stops_parsers(sub: Any) -> None:
+    stops = sub.add_parser("stops", help="tenant subdomains stopped for flooding, and why")
+    stops.add_argument("--config", default=DEFAULT_CONFIG, help="find agents from this config")
+    stops.add_argument("--url", action="append", help="an agent's URL (repeatable)")
+    stops.add_argument("--json", action="store_true", help="print the raw /v1/stops JSON")
+
+    lift = sub.add_parser("lift", help="let a stopped tenant subdomain in again now")
+    lift.add_argument("subdomain")
+    lift.add_argument("--config", default=DEFAULT_CONFIG, help="agents and the operator token")
+    lift.add_argument("--url", action="append", help="an agent's URL (repeatable)")
+    lift.add_argument("--reason", default="lifted by an operator")
+
+    pin = sub.add_parser("pin", help="stop a tenant subdomain for a while, whatever its traffic")
+    pin.add_argument("subdomain")
+    pin.add_argument("--for", dest="duration", required=True, help="e.g. 90s, 15m, 1h, 2d")
+    pin.add_argument("--config", default=DEFAULT_CONFIG, help="agents and the operator token")
+    pin.add_argument("--url", action="append", help="an agent's URL (repeatable)")
+    pin.add_argument("--reason", default="pinned by an operator")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "check-config":
-        return check_config_main(args.file, sys.stdout, sys.stderr)
-    if args.command == "status":
-        return _status(args.url, args.config, args.json)
-    if args.command == "return":
-        return _operator(args.config, args.url, f"/v1/servers/{args.server}/return", args.reason)
-    if args.command == "explain":
-        return _explain(args.id, args.config, args.url)
-    if args.command == "drain":
-        return _operator(args.config, args.url, f"/v1/servers/{args.server}/drain", args.reason)
-    if args.command == "resume":
-        return _operator(args.config, args.url, "/v1/mode/resume", args.reason)
+    remote = _REMOTE.get(args.command)
+    if remote is not None:
+        return remote(args)
     config = _load(args.config)
     if config is None:
         return EXIT_USAGE
     if args.command == "agent":
         return _agent(config, args.server, args.log_level)
     return _up(Path(args.config), config)
+
+
+# Commands that only talk to running agents (or read a file): they need no valid config.
+_REMOTE: dict[str, Callable[[argparse.Namespace], int]] = {
+    "check-config": lambda a: check_config_main(a.file, sys.stdout, sys.stderr),
+    "status": lambda a: _status(a.url, a.config, a.json),
+    "return": lambda a: _operator(a.config, a.url, f"/v1/servers/{a.server}/return", a.reason),
+    "explain": lambda a: _explain(a.id, a.config, a.url),
+    "drain": lambda a: _operator(a.config, a.url, f"/v1/servers/{a.server}/drain", a.reason),
+    "resume": lambda a: _operator(a.config, a.url, "/v1/mode/resume", a.reason),
+    "stops": lambda a: _stops(a.config, a.url, a.json),
+    "lift": lambda a: _operator(a.config, a.url, f"/v1/stops/{a.subdomain}/lift", a.reason),
+    "pin": lambda a: _pin(a),
+}
 
 
 def _load(path: str) -> ClusterConfig | None:
@@ -155,15 +190,49 @@ def _explain(decision_id: str, config_path: str, urls: list[str] | None) -> int:
     return 0
 
 
-def _operator(config_path: str, urls: list[str] | None, path: str, reason: str) -> int:
-    """An authenticated operator call (return a server, resume from cascade mode)."""
+def _stops(config_path: str, urls: list[str] | None, as_json: bool) -> int:
+    if not urls:
+        config = _load(config_path)
+        if config is None:
+            return EXIT_USAGE
+        urls = [s.agent_url for s in config.servers]
+    try:
+        status, doc = fetch_json(urls, "/v1/stops")
+    except StatusUnavailable as exc:
+        print(f"moonwatch stops: {exc}", file=sys.stderr)
+        return 1
+    if status != 200:
+        print(f"moonwatch stops: {doc.get('error', doc)}", file=sys.stderr)
+        return 1
+    print(json.dumps(doc, indent=2) if as_json else render_stops(doc))
+    return 0
+
+
+def _pin(args: argparse.Namespace) -> int:
+    try:
+        seconds = parse_duration(args.duration)
+    except ValueError as exc:
+        print(f"moonwatch pin: --for: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    path = f"/v1/stops/{args.subdomain}/pin"
+    return _operator(args.config, args.url, path, args.reason, {"for_s": seconds})
+
+
+def _operator(
+    config_path: str,
+    urls: list[str] | None,
+    path: str,
+    reason: str,
+    extra: dict[str, object] | None = None,
+) -> int:
+    """An authenticated operator call (return a server, resume from cascade mode, ...)."""
     config = _load(config_path)
     if config is None:
         return EXIT_USAGE
     token = config.secrets.api_token.get_secret_value()
     targets = urls or [s.agent_url for s in config.servers]
     try:
-        status, body = operator_call(targets, path, token, reason)
+        status, body = operator_call(targets, path, token, reason, extra=extra)
     except StatusUnavailable as exc:
         print(f"moonwatch: {exc}", file=sys.stderr)
         return 1

@@ -8,7 +8,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -113,11 +113,20 @@ class ProcessDriver:
     group (a server failure) kills them too. Each instance is told its lease on stdin and
     refuses to serve past it."""
 
-    def __init__(self, clock: Clock, policy: RestartPolicy | None = None) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        policy: RestartPolicy | None = None,
+        busy: Callable[[str], str | None] | None = None,
+    ) -> None:
         self._clock = clock
         self._policy = policy or RestartPolicy()
         self._slots: dict[str, _Running] = {}
         self._session: aiohttp.ClientSession | None = None
+        # Why a slot's instance is saturated by its own traffic (None: it is not). A saturated
+        # instance that misses health checks is overloaded, not hung: it is not restarted.
+        self._busy = busy or (lambda _slot: None)
+        self.overload_holds = 0
 
     async def ensure_running(self, spec: InstanceSpec) -> None:
         current = self._slots.get(spec.slot)
@@ -187,6 +196,14 @@ class ProcessDriver:
         run.next_probe = now + (interval if healthy else interval / 5)
         in_grace = now - run.started_at < self._policy.start_grace_s
         hung = run.failures >= self._policy.hung_after_failures and not in_grace
+        overload = self._busy(run.spec.slot) if hung else None
+        if overload is not None:
+            # Overload is not failure: restarting would drop every tenant of the slot, and the
+            # edges are already refusing the tenant that floods it.
+            self.overload_holds += 1
+            run.failures = 0
+            _log.warning("instance_overloaded_not_restarted", slot=run.spec.slot, why=overload)
+            return
         if hung and run.proc is not None:
             _log.warning("instance_hung", slot=run.spec.slot, failures=run.failures)
             await _terminate(run.proc, 0.0)

@@ -60,6 +60,24 @@ def _mode(d: Decision) -> str:
     )
 
 
+def _stopped(d: Decision) -> str:
+    e = d.evidence
+    if e.get("operator"):
+        return f"an operator stopped {d.subject} for {e.get('for_s')} s: {e.get('reason')}."
+    rule = e.get("rule", "?")
+    figures = {
+        "rps": f"{e.get('rps')} requests/s against a limit of {e.get('limit')}",
+        "concurrent": f"{e.get('concurrent')} requests in flight against a limit of "
+        f"{e.get('limit')}",
+        "share": f"{e.get('share')} of all traffic against a limit of {e.get('limit')}",
+    }.get(str(rule), str(rule))
+    return (
+        f"{d.subject} was stopped at every edge for {e.get('for_s')} s (stop number "
+        f"{e.get('offence')} within the repeat window): {figures}, for {e.get('over_for_s')} s "
+        f"across {e.get('edges')} edges; other tenants are not affected."
+    )
+
+
 def _returned(d: Decision) -> str:
     reason = str(d.evidence.get("reason", "?"))
     if not reason.startswith(f"{AUTO_RETURN}:"):
@@ -119,6 +137,15 @@ _SENTENCES: dict[str, Callable[[Decision], str]] = {
     "slot_serving": lambda d: (
         f"{d.evidence.get('owner')} serves slot {d.subject} again (epoch "
         f"{d.evidence.get('epoch')}) at {d.evidence.get('address')}: the incident is over."
+    ),
+    "tenant_stopped": _stopped,
+    "stop_lifted": lambda d: (
+        f"{d.subject} is let in again: "
+        + (
+            f"an operator lifted its stop ({d.evidence.get('reason')})."
+            if d.evidence.get("operator")
+            else "its stop ran out."
+        )
     ),
     "voter_replacement_started": lambda d: (
         f"Raft voter {d.subject} failed; {d.evidence.get('add')} is to take its place as a "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +13,7 @@ from consensus.state import ClusterState
 from healer.cascade import CascadePolicy, next_mode, replacements_left
 from healer.replace import NO_SPARE, LeasePolicy, plan_replacements_within, reserve_reason
 from healer.returns import ReturnPolicy, plan_returns
+from healer.throttle import FloodWatch, TenantRate, ThrottlePolicy, plan_stops
 from healer.verdict import VerdictPolicy, plan_verdicts
 
 
@@ -27,6 +29,8 @@ class LeaderClock:
     suspicion_marks: dict[str, tuple[int, float]] = field(default_factory=dict)
     # Held actions already recorded, per (slot, start of the mode that held them).
     held_recorded: set[tuple[str, float]] = field(default_factory=set)
+    # Tenants over a limit, and since when (confirmed afresh by each new leader).
+    floods: FloodWatch = field(default_factory=FloodWatch)
 
     def observe(self, snap: Snapshot, now: float) -> None:
         if not snap.raft.is_leader:
@@ -36,6 +40,7 @@ class LeaderClock:
             self.term = snap.raft.term
             self.lease_marks.clear()
             self.suspicion_marks.clear()
+            self.floods = FloodWatch()
         for slot in snap.state.slots:
             # A renewal or a new owner restarts the clock; a verdict does not (the old owner's
             # lease runs from its last renewal, whatever the cluster decided since).
@@ -64,9 +69,12 @@ def plan_leader(
     *,
     returns: ReturnPolicy | None = None,
     spare_reserve: int = 0,
+    throttle: ThrottlePolicy | None = None,
+    rates: Mapping[str, TenantRate] | None = None,
 ) -> tuple[list[Command], list[str]]:
     """The leader's commands for this tick and a note for everything it is waiting on.
-    `returns` None: no automatic return; `spare_reserve` spares are left for operators."""
+    `returns` None: no automatic return; `spare_reserve` spares are left for operators;
+    `throttle` None: no tenant is stopped (expired stops are still lifted)."""
     if not snap.raft.is_leader or not snap.state.bootstrapped:
         return [], []
     state = snap.state
@@ -96,9 +104,13 @@ def plan_leader(
     )
     records = _held_records(clock, ruled, held, wall, cascade, spare_reserve)
     back, quarantined = plan_returns(state, wall, returns or ReturnPolicy(auto_return_s=None))
+    stops, floods = plan_stops(
+        state, (rates or {}) if throttle else {}, clock.floods, wall, throttle or ThrottlePolicy()
+    )
     if state.mode != "normal":
         waiting.append(f"mode {state.mode} since {state.mode_since:.0f}")
-    return [*judged, *modes, *moved, *records, *back], [*waiting, *pending, *quarantined]
+    commands = [*judged, *modes, *moved, *records, *back, *stops]
+    return commands, [*waiting, *pending, *quarantined, *floods]
 
 
 def _held_records(

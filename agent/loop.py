@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
 
 from agent.clock import Clock
-from agent.config import ClusterConfig
+from agent.config import ClusterConfig, TenantLimits
 from agent.driver import InstanceSpec, ServerDriver
 from agent.explain import incident_start
 from agent.leadership import LeaderClock, plan_leader
@@ -22,6 +22,7 @@ from healer.cascade import CascadePolicy
 from healer.local import Instance, LocalPlan, LocalView, plan_local
 from healer.replace import LeasePolicy
 from healer.returns import ReturnPolicy
+from healer.throttle import Limits, TenantRate, ThrottlePolicy
 from healer.verdict import VerdictPolicy
 
 _log = structlog.get_logger("moonwatch.loop")
@@ -45,6 +46,24 @@ def bootstrap_command(config: ClusterConfig, now: float, digest: str | None = No
         slots=tuple(SlotSpec(s.name, s.owner, s.tenants) for s in config.slots),
         lease_s=config.timing.lease_s,
         voters=tuple(config.voters),
+    )
+
+
+def throttle_policy(config: ClusterConfig) -> ThrottlePolicy:
+    """The pure throttle rule's policy from the `throttle` block of the configuration."""
+    t = config.throttle
+
+    def limits(given: TenantLimits) -> Limits:
+        return Limits(rps=given.rps, share=given.share, concurrent=given.concurrent)
+
+    return ThrottlePolicy(
+        limits=limits(t.limits),
+        overrides={name: limits(given) for name, given in t.tenants.items()},
+        share_min_rps=t.share_min_rps,
+        confirm_s=t.confirm_s,
+        stop_s=t.stop_s,
+        max_stop_s=t.max_stop_s,
+        repeat_window_s=t.repeat_window_s,
     )
 
 
@@ -75,6 +94,7 @@ class DecisionLoop:
         leases: LeaseKeeper | None = None,
         prober: Prober | None = None,
         persist_incarnation: Callable[[int], None] | None = None,
+        rates: Callable[[], Mapping[str, TenantRate]] | None = None,
     ) -> None:
         self._config = config
         self._server = server
@@ -117,6 +137,8 @@ class DecisionLoop:
             flap_window_s=healing.flap_window_s,
         )
         self._spare_reserve = healing.spare_reserve
+        self._rates = rates
+        self._throttle = throttle_policy(config)
         self._leader_clock = LeaderClock()
         self._digest = config.digest()
         self._confirmed: set[tuple[str, int, float]] = set()
@@ -195,6 +217,8 @@ class DecisionLoop:
             self._cascade,
             returns=self._returns,
             spare_reserve=self._spare_reserve,
+            throttle=self._throttle if self._rates is not None else None,
+            rates=self._rates() if self._rates is not None and snap.raft.is_leader else None,
         )
         await self._carry_out(plan, led)
         summary = "; ".join([plan.summary, *(f"leader: {n}" for n in waiting)])

@@ -53,6 +53,19 @@ class _SnapshotCollector(Collector):
         for name in ("normal", "cascade", "recovering"):
             mode.add_metric([name], 1 if snap.state.mode == name else 0)
         yield mode
+        yield GaugeMetricFamily(
+            "moonwatch_tenants_stopped",
+            "Tenant subdomains stopped at every edge (committed; expired ones until lifted)",
+            value=len(snap.state.stops),
+        )
+        yield GaugeMetricFamily(
+            "moonwatch_raft_voters", "Raft voters as committed", value=len(snap.state.voters)
+        )
+        yield GaugeMetricFamily(
+            "moonwatch_raft_voter_change",
+            "1 while a failed Raft voter is being replaced",
+            value=snap.state.voter_change is not None,
+        )
 
 
 class _DetectorCollector(Collector):

@@ -45,7 +45,10 @@ def status_document(cluster: str, server: str, pid: int, snap: Snapshot) -> dict
             }
             for s in state.slots
         ],
-        "stops": [],
+        "stops": [
+            {"subdomain": s.subdomain, "until": s.until, "reason": s.reason, "pinned": s.pinned}
+            for s in state.stops
+        ],
         "suspicions": [
             {
                 "target": s.target,

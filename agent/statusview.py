@@ -89,12 +89,34 @@ def render_status(source: str, doc: dict[str, Any]) -> str:
 
 
 def operator_call(
-    urls: list[str], path: str, token: str, reason: str, timeout_s: float = 10.0
+    urls: list[str],
+    path: str,
+    token: str,
+    reason: str,
+    timeout_s: float = 10.0,
+    extra: dict[str, Any] | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """POST an authenticated operator call to the first agent that answers at all."""
-    payload = json.dumps({"reason": reason}).encode()
+    payload = json.dumps({"reason": reason, **(extra or {})}).encode()
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     return _first_answer(urls, path, timeout_s, data=payload, headers=headers)
+
+
+def render_stops(doc: dict[str, Any]) -> str:
+    """`moonwatch stops`: the tenants refused at every edge, and why."""
+    stops = doc.get("stops") or []
+    if not stops:
+        return "no tenant is stopped"
+    rows = [
+        [
+            str(s.get("subdomain")),
+            f"{float(s.get('remaining_s', 0)):.0f} s",
+            "pinned" if s.get("pinned") else f"#{s.get('offence')}",
+            str(s.get("reason")),
+        ]
+        for s in stops
+    ]
+    return "\n".join(_table(["SUBDOMAIN", "LEFT", "STOP", "REASON"], rows))
 
 
 def fetch_json(urls: list[str], path: str, timeout_s: float = 2.0) -> tuple[int, dict[str, Any]]:

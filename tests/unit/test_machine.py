@@ -2162,7 +2162,7 @@ def test_histories_reach_the_new_commands() -> None:
     reached: set[str] = set()
 
     @settings(
-        max_examples=400,
+        max_examples=800,
         deadline=None,
         derandomize=True,
         database=None,
