@@ -43,6 +43,8 @@ class ApiContext:
     stall_after_s: float
     # Bearer token for operator calls.
     api_token: str = ""
+    # POST /v1/traffic: other agents' traffic reports when the MQTT broker fails them.
+    traffic: _Handler | None = None
 
 
 def build_api(ctx: ApiContext) -> web.Application:
@@ -58,6 +60,8 @@ def build_api(ctx: ApiContext) -> web.Application:
     app.router.add_post("/v1/mode/resume", api.resume)
     app.router.add_post("/v1/servers/{name}/drain", api.drain_server)
     app.router.add_get("/v1/stops", api.stops)
+    if ctx.traffic is not None:
+        app.router.add_post("/v1/traffic", ctx.traffic)
     app.router.add_post("/v1/stops/{subdomain}/lift", api.lift_stop)
     app.router.add_post("/v1/stops/{subdomain}/pin", api.pin_stop)
     return app
@@ -208,7 +212,9 @@ class _Api:
             return _json({"error": for_s, "status": 400}, 400)
         reason = body.get("reason", "operator pin") if isinstance(body, dict) else "operator pin"
         if not isinstance(reason, str) or len(reason) > 500:
-            return _json({"error": "reason must be a string of at most 500 characters"}, 400)
+            return _json(
+                {"error": "reason must be a string of at most 500 characters", "status": 400}, 400
+            )
         wall = self._ctx.clock.wall()
         failed = await _submit_operator(self._ctx, pin_command(subdomain, for_s, reason, wall))
         body_out = {"ok": True, "subdomain": subdomain, "until": wall + for_s, "reason": reason}
@@ -248,5 +254,7 @@ async def _reason(request: web.Request) -> str | web.Response:
     if reason is None:
         return "operator request"
     if not isinstance(reason, str) or len(reason) > 500:
-        return _json({"error": "reason must be a string of at most 500 characters"}, 400)
+        return _json(
+            {"error": "reason must be a string of at most 500 characters", "status": 400}, 400
+        )
     return reason

@@ -187,12 +187,20 @@ class TenantLimits(_FrozenModel):
     concurrent: int | None = Field(default=None, ge=1)
 
 
+class DefaultLimits(TenantLimits):
+    """The limits of every tenant without an override; null switches a limit off."""
+
+    rps: float | None = Field(default=20.0, gt=0, allow_inf_nan=False)
+    share: float | None = Field(default=0.5, gt=0, le=1)
+    concurrent: int | None = Field(default=10, ge=1)
+
+
 class ThrottleConfig(_FrozenModel):
     """Stopping a tenant subdomain that floods the service, so that the others keep working."""
 
     # Cluster-wide limits per tenant (requests per second, share of all requests, requests
     # in flight), and per-tenant overrides of them.
-    limits: TenantLimits = TenantLimits(rps=20.0, share=0.5, concurrent=10)
+    limits: DefaultLimits = DefaultLimits()
     tenants: dict[Tenant, TenantLimits] = Field(default_factory=dict)
     # The share limit counts only while the cluster carries at least this many requests/s.
     share_min_rps: float = Field(default=50.0, gt=0, allow_inf_nan=False)

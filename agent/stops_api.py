@@ -61,6 +61,10 @@ def pin_duration(body: object) -> float | str:
     value = body.get("for_s") if isinstance(body, dict) else None
     if isinstance(value, bool) or not isinstance(value, int | float):
         return "for_s (seconds) is required"
+    try:
+        value = float(value)
+    except OverflowError:
+        value = math.inf
     if not math.isfinite(value) or not 0 < value <= MAX_PIN_S:
         return f"for_s must be more than 0 and at most {MAX_PIN_S:.0f}"
     return float(value)

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
 
 from agent.api import ApiContext, build_api
 from agent.clock import Clock
@@ -13,6 +19,9 @@ from agent.edge import Edge
 from agent.lease import LeaseKeeper
 from agent.loop import DecisionLoop
 from agent.metrics import AgentMetrics
+from agent.mqtt import HttpReportPoster, MqttLink, ReportPublisher
+from agent.reports import Aggregator, IntakeStats, ReportIntake, report_key, traffic_handler
+from agent.traffic import TrafficCounter
 from agent.voters import VoterKeeper, VoterSettings, read_voters
 from agent.watch import Watch
 from consensus.protocol import Consensus
@@ -47,6 +56,7 @@ def build_agent(
 ) -> AgentParts:
     """Wire one agent. Tests pass their own consensus or driver; production passes neither."""
     me = config.server(server)
+    traffic = TrafficCounter(config.throttle.max_tracked)
     voters_file = config.data_dir / "servers" / server / "raft" / "voters.json"
     consensus = consensus or SyncObjConsensus(
         raft_settings(config, server, read_voters(voters_file)), clock
@@ -57,7 +67,9 @@ def build_agent(
             health_interval_s=config.timing.app_health_interval_s,
             start_grace_s=config.timing.app_start_timeout_s,
         ),
+        busy=overload_reason(config, traffic),
     )
+    reports = _reports(config, server, consensus, clock, traffic)
     metrics = AgentMetrics(consensus.snapshot)
     incarnation_file = config.data_dir / "servers" / server / "incarnation"
     incarnation = next_incarnation(incarnation_file)
@@ -82,6 +94,7 @@ def build_agent(
         leases=leases,
         prober=watch,
         persist_incarnation=lambda n: store_incarnation(incarnation_file, n),
+        rates=reports.aggregator.rates,
     )
     api = build_api(
         ApiContext(
@@ -94,6 +107,7 @@ def build_agent(
             metrics=metrics,
             stall_after_s=max(5.0, 20 * config.timing.tick_s),
             api_token=config.secrets.api_token.get_secret_value(),
+            traffic=reports.handler,
         )
     )
     keeper = VoterKeeper(
@@ -111,7 +125,15 @@ def build_agent(
         consensus,
         clock,
     )
-    edge = Edge(config.base_domain, lambda: consensus.snapshot().state, server).application()
+    edge = Edge(
+        config.base_domain,
+        lambda: consensus.snapshot().state,
+        server,
+        throttle=config.throttle,
+        counter=traffic,
+        wall=clock.wall,
+        monotonic=clock.monotonic,
+    ).application()
     return AgentParts(
         server=server,
         host=me.host,
@@ -124,5 +146,71 @@ def build_agent(
         edge=edge,
         clock=clock,
         shutdown_timeout_s=config.timing.shutdown_timeout_s,
-        background=[leases.run, watch.runner.run, keeper.run],
+        background=[leases.run, watch.runner.run, keeper.run, *reports.loops],
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Reports:
+    aggregator: Aggregator
+    handler: Callable[[web.Request], Awaitable[web.Response]]
+    loops: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]]
+
+
+def _reports(
+    config: ClusterConfig, server: str, consensus: Consensus, clock: Clock, traffic: TrafficCounter
+) -> _Reports:
+    """Traffic reports: this edge's counts to every agent over MQTT (to the leader's API when
+    the broker fails), and the aggregation the leader's throttle rule reads."""
+    interval = config.throttle.report_interval_s
+    key = report_key(config.secrets.raft_password.get_secret_value())
+    aggregator = Aggregator(
+        clock.monotonic, 3 * interval, [s.name for s in config.servers], wall=clock.wall
+    )
+    stats = IntakeStats()
+    intake = ReportIntake(aggregator, key, config.cluster, stats)
+    link = (
+        MqttLink(config.mqtt, config.cluster, server, intake.offer, clock)
+        if config.mqtt is not None
+        else None
+    )
+    urls = {s.name: s.agent_url for s in config.servers}
+
+    def leader_url() -> str | None:
+        leader = consensus.snapshot().raft.leader
+        return urls.get(leader) if leader is not None and leader != server else None
+
+    publisher = ReportPublisher(
+        cluster=config.cluster,
+        server=server,
+        key=key,
+        interval_s=interval,
+        take=traffic.take,
+        aggregator=aggregator,
+        clock=clock,
+        link=link,
+        poster=HttpReportPoster(),
+        leader_url=leader_url,
+    )
+    loops: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = [publisher.run]
+    if link is not None:
+        loops.append(link.run)
+    handler = traffic_handler(aggregator, key, config.cluster, stats)
+    return _Reports(aggregator, handler, loops)
+
+
+def overload_reason(config: ClusterConfig, traffic: TrafficCounter) -> Callable[[str], str | None]:
+    """Why a slot's app is saturated by one of its own tenants at this edge, or None."""
+    tenants = {slot.name: slot.tenants for slot in config.slots}
+    limits = config.throttle
+
+    def busy(slot: str) -> str | None:
+        for tenant in tenants.get(slot, ()):
+            override = limits.tenants.get(tenant)
+            cap = (override.concurrent if override else None) or limits.limits.concurrent
+            inflight = traffic.inflight(tenant)
+            if cap is not None and inflight >= cap:
+                return f"tenant {tenant} has {inflight} requests in flight (cap {cap})"
+        return None
+
+    return busy

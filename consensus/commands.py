@@ -341,8 +341,13 @@ def decode_command(payload: str | bytes) -> Command:
     if size > MAX_COMMAND_BYTES:
         raise CommandDecodeError(f"command of {size} bytes exceeds {MAX_COMMAND_BYTES}")
     try:
-        return _COMMAND_ADAPTER.validate_json(payload, strict=True)
+        command = _COMMAND_ADAPTER.validate_json(payload, strict=True)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "command"
         raise CommandDecodeError(f"malformed command: {where}: {first['msg']}") from exc
+    try:  # free-form evidence is not typed: NaN or Infinity there would poison the state
+        encode_command(command)
+    except ValueError as exc:
+        raise CommandDecodeError(f"malformed command: {exc}") from exc
+    return command

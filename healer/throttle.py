@@ -49,7 +49,8 @@ class ThrottlePolicy:
 
     def stop_for(self, offence: int) -> float:
         """Seconds of the `offence`-th stop within the repeat window: doubling, capped."""
-        return min(self.max_stop_s, self.stop_s * 2.0 ** max(0, offence - 1))
+        doublings = min(max(0, offence - 1), 64)  # 2**64 x stop_s is past any cap
+        return min(self.max_stop_s, self.stop_s * 2.0**doublings)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,15 +1,21 @@
-"""Shared test support: free loopback ports, generated cluster configs, bounded waiting."""
+"""Shared test support: free loopback ports, generated cluster configs, bounded waiting,
+a throwaway Mosquitto broker."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
+import os
 import random
+import shutil
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,8 +50,10 @@ def cluster_config(
     tenants_per_slot: int = 2,
     timing: dict[str, float] | None = None,
     cascade: dict[str, float] | None = None,
+    throttle: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A valid config dict: servers a1.. (active) then p1.. (spare), one slot per active."""
+    """A valid config dict: servers a1.. (active) then p1.. (spare), one slot per active.
+    Tenant limits are far above what a test client sends unless `throttle` says otherwise."""
     names = [f"a{i + 1}" for i in range(actives)] + [f"p{i + 1}" for i in range(spares)]
     per_server = 3 + actives  # agent, raft, edge, one app port per slot
     base = free_port_block(per_server * len(names))
@@ -82,6 +90,7 @@ def cluster_config(
         "slots": slots,
         "timing": {"shutdown_timeout_s": 5.0, **(timing or {})},
         **({"cascade": cascade} if cascade else {}),
+        "throttle": throttle or {"limits": {"rps": 100000.0, "share": None, "concurrent": 10000}},
     }
 
 
@@ -102,3 +111,70 @@ async def wait_until(
             return last
         await asyncio.sleep(interval_s)
     raise AssertionError(f"condition not met within {timeout_s} s (last value: {last!r})")
+
+
+_broker_starts = itertools.count(1)
+
+
+def mosquitto_binary() -> str | None:
+    """The mosquitto executable (Debian puts it in /usr/sbin), or None."""
+    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"])
+    return shutil.which("mosquitto", path=search)
+
+
+@contextlib.asynccontextmanager
+async def mosquitto_broker(tmp_path: Path, port: int | None = None) -> AsyncIterator[int]:
+    """A mosquitto listening on 127.0.0.1:`port` (default: a free port), yielding the port once
+    it accepts connections; on exit that one process is SIGKILLed and reaped. Enter again with
+    the same port to restart a broker. Skips the test when mosquitto is not installed."""
+    binary = mosquitto_binary()
+    if binary is None:
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+    port = port if port is not None else free_port_block(1)
+    start = next(_broker_starts)
+    conf = tmp_path / f"mosquitto-{port}-{start}.conf"
+    log_path = tmp_path / f"mosquitto-{port}-{start}.log"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        "log_dest stderr\nlog_type all\nconnection_messages true\n"
+    )
+    with log_path.open("ab") as log:
+        process = await asyncio.create_subprocess_exec(
+            binary,
+            "-c",
+            str(conf),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=log,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        await _wait_accepting(port, process, log_path, timeout_s=5.0)
+        yield port
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await asyncio.wait_for(process.wait(), 5.0)
+
+
+async def _wait_accepting(
+    port: int, process: asyncio.subprocess.Process, log_path: Path, timeout_s: float
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.returncode is not None:
+            break
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.02)
+            continue
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return
+    raise AssertionError(f"mosquitto on port {port} did not accept connections:\n{_tail(log_path)}")
+
+
+def _tail(path: Path, size: int = 2000) -> str:
+    return path.read_text(errors="replace")[-size:]
