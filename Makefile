@@ -36,10 +36,11 @@ layers: venv
 unit: venv
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
-## bench: fail-over benchmarks (20 trials each; print tables, write JSON to bench-results/)
+## bench: fail-over and flood benchmarks (print tables, write JSON to bench-results/)
 bench: venv
 	$(BIN)/python scripts/bench/leader_failover.py --trials 20 --json bench-results/leader_failover.json
 	$(BIN)/python scripts/bench/failover.py --trials 20 --json bench-results/failover.json
+	$(BIN)/python scripts/bench/flood.py --json bench-results/flood.json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .import_linter_cache var bench-results

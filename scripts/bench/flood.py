@@ -141,6 +141,29 @@ def config(data: Path, with_broker: bool) -> dict[str, Any]:
     return doc
 
 
+async def flood_worker(args: argparse.Namespace) -> None:
+    """The flood in its own process, so that it does not slow down the neighbours' client."""
+    edges = args.worker_edges.split(",")
+    flooded = Samples()
+    stopped_at: dict[str, float] = {}
+    timeout = aiohttp.ClientTimeout(total=5.0)
+    connector = aiohttp.TCPConnector(limit=400)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
+        await flood(
+            http, edges, args.worker_rps, args.seconds, flooded, stopped_at, time.monotonic()
+        )
+    print(
+        json.dumps(
+            {
+                "requests": flooded.ok + flooded.failed,
+                "refused": flooded.refused,
+                "stopped_at": stopped_at,
+            }
+        ),
+        flush=True,
+    )
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="moonwatch-flood-") as tmp:
         broker = shutil.which("mosquitto", path="/usr/sbin:/usr/bin:/sbin:/bin") is not None
@@ -152,29 +175,30 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 raise RuntimeError(f"cluster did not come up; logs in {cluster.log_dir}")
             edges = [s.edge_url for s in cluster.config.servers]
             timeout = aiohttp.ClientTimeout(total=5.0)
-            connector = aiohttp.TCPConnector(limit=400)
-            async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
+            async with aiohttp.ClientSession(timeout=timeout) as http:
                 baseline = Samples()
                 await steady(http, edges, args.rate, args.seconds, baseline)
-                during, flooded = Samples(), Samples()
-                stopped_at: dict[str, float] = {}
-                started = time.monotonic()
-                await asyncio.gather(
-                    steady(http, edges, args.rate, args.seconds, during),
-                    flood(
-                        http,
-                        edges,
-                        args.flood_x * LIMIT_RPS,
-                        args.seconds,
-                        flooded,
-                        stopped_at,
-                        started,
-                    ),
+                during = Samples()
+                worker = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    __file__,
+                    "--flood-worker",
+                    "--worker-edges",
+                    ",".join(edges),
+                    "--worker-rps",
+                    str(args.flood_x * LIMIT_RPS),
+                    "--seconds",
+                    str(args.seconds),
+                    stdout=asyncio.subprocess.PIPE,
                 )
+                await steady(http, edges, args.rate, args.seconds, during)
+                out, _ = await worker.communicate()
         finally:
             await cluster.stop(timeout_s=10.0)
+    flooded = json.loads(out.decode().strip().splitlines()[-1])
+    stopped_at = flooded["stopped_at"]
     everywhere = max(stopped_at.values()) if len(stopped_at) == len(edges) else None
-    flood_total = flooded.ok + flooded.failed
+    total = flooded["requests"]
     return {
         "machine": platform.node(),
         "broker": broker,
@@ -184,8 +208,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "seconds": args.seconds,
         "stopped_everywhere_after_s": round(everywhere, 3) if everywhere is not None else None,
         "stopped_per_edge_s": {e: round(t, 3) for e, t in sorted(stopped_at.items())},
-        "flood_503_share": round(flooded.refused / flood_total, 4) if flood_total else None,
-        "flood_requests": flood_total,
+        "flood_503_share": round(flooded["refused"] / total, 4) if total else None,
+        "flood_requests": total,
         "baseline": baseline.summary(),
         "during_flood": during.summary(),
     }
@@ -216,7 +240,13 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=5.0, help="requests/s per normal tenant")
     parser.add_argument("--flood-x", type=float, default=20.0, help="flood rate / limit")
     parser.add_argument("--json", type=Path, help="also write the result here")
+    parser.add_argument("--flood-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-edges", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-rps", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.flood_worker:
+        asyncio.run(flood_worker(args))
+        return
     result = asyncio.run(run(args))
     print(table(result))
     if args.json:

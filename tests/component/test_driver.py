@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -93,3 +96,56 @@ async def test_a_crashing_instance_is_restarted_with_backoff_then_given_up(tmp_p
     records = [json.loads(line) for line in broken.overlap_log.read_text().splitlines()]  # type: ignore[union-attr]
     assert len(records) == policy.max_restarts + 1
     assert all(r["event"] == "stop" and "recorded by the agent" in r["reason"] for r in records)
+
+
+async def frozen_instance(tmp_path: Path, busy: str | None) -> tuple[ProcessDriver, int, int]:
+    """Start an instance, freeze it so that it misses every health check, probe for a while;
+    return the driver, the frozen pid and the pid running afterwards (or 0)."""
+    policy = RestartPolicy(health_interval_s=0.05, hung_after_failures=3, start_grace_s=1.5)
+    driver = ProcessDriver(SystemClock(), policy, busy=lambda _slot: busy)
+    wanted = spec(tmp_path)
+    await driver.ensure_running(wanted)
+
+    async def healthy() -> bool:
+        await driver.probe()
+        return driver.instances()["s1"].healthy
+
+    try:
+        await until(healthy, 15)
+    except AssertionError:
+        await driver.close(timeout_s=5.0)
+        raise
+    frozen = driver.instances()["s1"].pid
+    assert frozen is not None
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + 4.0
+        while time.monotonic() < deadline:
+            await driver.probe()
+            await driver.ensure_running(wanted)
+            await asyncio.sleep(0.05)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(frozen, signal.SIGCONT)
+    return driver, frozen, driver.instances()["s1"].pid or 0
+
+
+async def test_a_hung_instance_is_restarted(tmp_path: Path) -> None:
+    driver, frozen, now_running = await frozen_instance(tmp_path, busy=None)
+    try:
+        assert now_running != frozen
+        assert driver.instances()["s1"].restarts >= 1
+        assert driver.overload_holds == 0
+    finally:
+        await driver.close(timeout_s=5.0)
+
+
+async def test_an_instance_saturated_by_its_own_tenant_is_not_restarted(tmp_path: Path) -> None:
+    reason = "tenant acme has 10 requests in flight (cap 10)"
+    driver, frozen, now_running = await frozen_instance(tmp_path, busy=reason)
+    try:
+        assert now_running == frozen  # overload is not failure
+        assert driver.instances()["s1"].restarts == 0
+        assert driver.overload_holds >= 1
+    finally:
+        await driver.close(timeout_s=5.0)
