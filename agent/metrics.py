@@ -83,6 +83,19 @@ class _DetectorCollector(Collector):
         yield family
 
 
+class _CountersCollector(Collector):
+    """Any plain counters the shell keeps (traffic reports, edge, driver), read at scrape."""
+
+    def __init__(self, name: str, doc: str, stats: Callable[[], Mapping[str, int]]) -> None:
+        self._name, self._doc, self._stats = name, doc, stats
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(self._name, self._doc, labels=["kind"])
+        for kind, count in sorted(self._stats().items()):
+            family.add_metric([kind], count)
+        yield family
+
+
 class AgentMetrics:
     """The agent's registry plus the instruments the shell updates."""
 
@@ -114,6 +127,10 @@ class AgentMetrics:
             ["action"],
             registry=self.registry,
         )
+
+    def watch_counters(self, name: str, doc: str, stats: Callable[[], Mapping[str, int]]) -> None:
+        """Export counters kept elsewhere, by kind, at scrape time (`name` without _total)."""
+        self.registry.register(_CountersCollector(name, doc, stats))
 
     def watch_detector(self, stats: Callable[[], Mapping[str, int]]) -> None:
         """Export the failure detector's counters at scrape time."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -83,6 +84,20 @@ def build_agent(
     )
     watch = Watch(config, server, consensus, clock, incarnation)
     metrics.watch_detector(watch.stats)
+    metrics.watch_counters(
+        "moonwatch_traffic_reports",
+        "Traffic reports of this agent: built, sent by MQTT or HTTP, received, rejected",
+        reports.stats,
+    )
+    metrics.watch_counters(
+        "moonwatch_edge_events",
+        "Edge and app protection events: subdomains evicted from the counters, instances "
+        "not restarted because their own tenant saturates them",
+        lambda: {
+            "counter_evictions": traffic.evicted,
+            "overload_holds": getattr(driver, "overload_holds", 0),
+        },
+    )
     loop = DecisionLoop(
         config=config,
         server=server,
@@ -155,6 +170,7 @@ class _Reports:
     aggregator: Aggregator
     handler: Callable[[web.Request], Awaitable[web.Response]]
     loops: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]]
+    stats: Callable[[], dict[str, int]]
 
 
 def _reports(
@@ -196,7 +212,14 @@ def _reports(
     if link is not None:
         loops.append(link.run)
     handler = traffic_handler(aggregator, key, config.cluster, stats)
-    return _Reports(aggregator, handler, loops)
+
+    def counters() -> dict[str, int]:
+        sent = dataclasses.asdict(publisher.stats)
+        mqtt = {f"mqtt_{k}": v for k, v in dataclasses.asdict(link.stats).items()} if link else {}
+        rejected = {f"rejected_{k}": v for k, v in stats.rejected.items()}
+        return {**sent, **mqtt, "accepted": stats.accepted, "ignored": stats.ignored, **rejected}
+
+    return _Reports(aggregator, handler, loops, counters)
 
 
 def overload_reason(config: ClusterConfig, traffic: TrafficCounter) -> Callable[[str], str | None]:
