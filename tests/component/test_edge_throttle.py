@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from agent.config import TenantLimits, ThrottleConfig
+from agent.config import DefaultLimits, TenantLimits, ThrottleConfig
 from agent.edge import STOPPED_HEADER, Edge
 from agent.traffic import TrafficCounter
 from agent.traffic_counts import TenantCounts
@@ -221,7 +221,7 @@ async def test_stops_apply_without_a_throttle_config_and_odd_reasons_are_made_sa
 
 async def test_a_burst_beyond_the_local_bucket_is_refused_while_others_pass() -> None:
     throttle = ThrottleConfig(
-        limits=TenantLimits(rps=0.5, concurrent=100),
+        limits=DefaultLimits(rps=0.5, share=None, concurrent=100),
         tenants={"globex": TenantLimits(rps=100.0)},
         local_burst_s=6.0,  # capacity 3
     )
@@ -242,7 +242,7 @@ async def test_a_burst_beyond_the_local_bucket_is_refused_while_others_pass() ->
 
 
 async def test_the_request_over_the_concurrency_cap_is_refused_at_once() -> None:
-    throttle = ThrottleConfig(limits=TenantLimits(rps=None, concurrent=2))
+    throttle = ThrottleConfig(limits=DefaultLimits(rps=None, share=None, concurrent=2))
     async with running(throttle) as r:
         slow = [asyncio.create_task(r.get("acme", "/slow")) for _ in range(2)]
 
@@ -267,7 +267,9 @@ async def test_the_request_over_the_concurrency_cap_is_refused_at_once() -> None
 
 
 async def test_counts_after_a_mix_of_requests() -> None:
-    throttle = ThrottleConfig(limits=TenantLimits(rps=1.0, concurrent=10), local_burst_s=3.0)
+    throttle = ThrottleConfig(
+        limits=DefaultLimits(rps=1.0, share=None, concurrent=10), local_burst_s=3.0
+    )
     async with running(throttle) as r:
         assert (await r.get("acme", "/bytes/100")).status == 200
         assert (await r.get("acme", "/status/500")).status == 500
