@@ -4,6 +4,7 @@ each report over it or, when that fails, straight to the leader's agent API over
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -86,6 +87,11 @@ class MqttLink:
     ) -> None:
         self.topic = f"{config.topic_prefix}/{cluster}/traffic/{server}"
         self.subscription = f"{config.topic_prefix}/{cluster}/traffic/+"
+        # Presence: "online" (retained) while connected; the broker's last will says
+        # "offline" when the connection dies, so peers know who is not listening.
+        self.presence_topic = f"{config.topic_prefix}/{cluster}/presence/{server}"
+        self.presence_subscription = f"{config.topic_prefix}/{cluster}/presence/+"
+        self._present: dict[str, bool] = {}
         self.stats = LinkStats()
         self._config = config
         self._server = server
@@ -102,6 +108,10 @@ class MqttLink:
     @property
     def connected(self) -> bool:
         return self._client is not None
+
+    def listening(self, server: str) -> bool:
+        """Whether `server`'s agent is connected to the broker and so receives reports."""
+        return self._client is not None and self._present.get(server, False)
 
     async def publish(self, payload: bytes) -> bool:
         """Publish with QoS 1; True once the broker acknowledged it. False, within about
@@ -140,6 +150,7 @@ class MqttLink:
             timeout=self._connect_timeout_s,
             keepalive=self._keepalive_s,
             max_queued_incoming_messages=self._max_queued,
+            will=aiomqtt.Will(self.presence_topic, b"offline", qos=1, retain=True),
         )
         connected = False
         self.stats.attempts += 1
@@ -147,9 +158,27 @@ class MqttLink:
             async with client:
                 connected = True
                 await client.subscribe(self.subscription, qos=0)
+                await client.subscribe(self.presence_subscription, qos=1)
+                with contextlib.suppress(aiomqtt.MqttError):  # peers then post to us too
+                    await client.publish(
+                        self.presence_topic,
+                        b"online",
+                        qos=1,
+                        retain=True,
+                        timeout=self._publish_timeout_s,
+                    )
                 self._client = client
                 self._note(True)
                 await self._pump_until(client, stopping)
+                if stopping.is_set():  # a clean stop: say so, the will is only for deaths
+                    with contextlib.suppress(aiomqtt.MqttError):
+                        await client.publish(
+                            self.presence_topic,
+                            b"offline",
+                            qos=1,
+                            retain=True,
+                            timeout=self._publish_timeout_s,
+                        )
         except aiomqtt.MqttError as exc:
             self._note(False, str(exc) or type(exc).__name__)
         except Exception as exc:  # noqa: BLE001 - a client bug must not end the link for good
@@ -157,6 +186,7 @@ class MqttLink:
             self._note(False, f"{type(exc).__name__}: {exc}")
         finally:
             self._client = None
+            self._present.clear()
         return connected
 
     async def _pump_until(self, client: aiomqtt.Client, stopping: asyncio.Event) -> None:
@@ -174,6 +204,12 @@ class MqttLink:
 
     async def _pump(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
+            if message.topic.matches(self.presence_subscription):
+                server = str(message.topic).rsplit("/", 1)[-1]
+                self._present[server] = bytes(message.payload or b"") == b"online"
+                if len(self._present) > 4096:  # hostile publishers: stay bounded
+                    self._present.clear()
+                continue
             self.stats.received += 1
             try:
                 self._on_payload(bytes(message.payload))
@@ -205,6 +241,20 @@ class ReportLink(Protocol):
     async def publish(self, payload: bytes) -> bool:
         """Hand `payload` to the broker: True once it has it; False (never an exception)
         when not connected or not confirmed within the link's own short timeout."""
+
+
+class LeaderListening:
+    """A ReportLink that counts a publish as delivered only while the leader's agent is
+    connected to the broker: otherwise the publisher also posts the report to the leader."""
+
+    def __init__(self, link: MqttLink, leader: Callable[[], str | None]) -> None:
+        self._link = link
+        self._leader = leader
+
+    async def publish(self, payload: bytes) -> bool:
+        sent = await self._link.publish(payload)
+        leader = self._leader()
+        return sent and (leader is None or self._link.listening(leader))
 
 
 class ReportPoster(Protocol):

@@ -20,7 +20,7 @@ from agent.edge import Edge
 from agent.lease import LeaseKeeper
 from agent.loop import DecisionLoop
 from agent.metrics import AgentMetrics
-from agent.mqtt import HttpReportPoster, MqttLink, ReportPublisher
+from agent.mqtt import HttpReportPoster, LeaderListening, MqttLink, ReportPublisher
 from agent.reports import Aggregator, IntakeStats, ReportIntake, report_key, traffic_handler
 from agent.traffic import TrafficCounter
 from agent.voters import VoterKeeper, VoterSettings, read_voters
@@ -204,7 +204,7 @@ def _reports(
         take=traffic.take,
         aggregator=aggregator,
         clock=clock,
-        link=link,
+        link=LeaderListening(link, lambda: consensus.snapshot().raft.leader) if link else None,
         poster=HttpReportPoster(),
         leader_url=leader_url,
     )

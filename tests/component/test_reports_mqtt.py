@@ -21,7 +21,7 @@ from structlog.testing import capture_logs
 from agent.clock import SystemClock
 from agent.config import MqttConfig, parse_config
 from agent.launcher import LocalCluster, ports_in_use
-from agent.mqtt import HttpReportPoster, MqttLink, ReportPublisher
+from agent.mqtt import HttpReportPoster, LeaderListening, MqttLink, ReportPublisher
 from agent.reports import (
     MAX_REPORT_BYTES,
     Aggregator,
@@ -401,3 +401,29 @@ async def test_publish_to_a_broker_that_never_acknowledges_is_bounded() -> None:
         published = await asyncio.wait_for(node.link.publish(b"report"), 3.0)
         assert not published
         assert node.link.stats.publish_failures == 1
+
+
+async def test_peers_see_who_listens_and_a_publish_counts_only_while_the_leader_does(
+    tmp_path: Path,
+) -> None:
+    async with mosquitto_broker(tmp_path) as port, linked(port, "a1") as one:
+        await wait_until(_both_connected(one), 10.0)
+        leader = LeaderListening(one.link, lambda: "a2")
+        payload = encode_report(report("a1", 1), KEY)
+        assert not one.link.listening("a2")
+        assert not await leader.publish(payload)  # the leader is not on the broker: post too
+        async with linked(port, "a2") as two:
+            await wait_until(_both_connected(two), 10.0)
+
+            async def seen() -> bool:
+                return one.link.listening("a2")
+
+            await wait_until(seen, 5.0)
+            assert await leader.publish(payload)
+
+        async def gone() -> bool:  # a clean stop says "offline" (a death: the broker's will)
+            return not one.link.listening("a2")
+
+        await wait_until(gone, 5.0)
+        assert not await leader.publish(payload)
+        assert await LeaderListening(one.link, lambda: None).publish(payload)
