@@ -40,6 +40,7 @@ unit: venv
 bench: venv
 	$(BIN)/python scripts/bench/leader_failover.py --trials 20 --json bench-results/leader_failover.json
 	$(BIN)/python scripts/bench/failover.py --trials 20 --json bench-results/failover.json
+	$(BIN)/python scripts/bench/voter_replacement.py --trials 5 --json bench-results/voters.json
 	$(BIN)/python scripts/bench/flood.py --json bench-results/flood.json
 
 clean:
