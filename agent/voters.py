@@ -24,11 +24,14 @@ import structlog
 from agent.clock import Clock
 from consensus.commands import VoterStep
 from consensus.protocol import Consensus, ConsensusError, Snapshot, SubmitResult
-from healer.voters import VoterPlan, plan_voters
+from healer.voters import PREPARE_TIMEOUT_S, VoterPlan, plan_voters
 
 _log = structlog.get_logger("moonwatch.voters")
 
 _STEP_TIMEOUT_S: Final = 10.0
+# How long a node restarted as a voter waits to be added before it asks its peers again: the
+# leader abandons a change after PREPARE_TIMEOUT_S.
+_JOIN_PATIENCE_S: Final = PREPARE_TIMEOUT_S + 15.0
 Step = Literal["prepare", "added", "removed", "abandoned"]
 _STEPS: Final[dict[str, Step]] = {
     "prepare": "prepare",
@@ -66,6 +69,7 @@ class VoterKeeper:
         self._stored = read_voters(settings.voters_file)
         self._leader_seen = clock.monotonic()
         self._last_refresh = clock.monotonic()
+        self._joining_since = -_JOIN_PATIENCE_S
 
     async def run(self, stopping: asyncio.Event) -> None:
         version = -1
@@ -101,6 +105,7 @@ class VoterKeeper:
         change = state.voter_change
         if change is not None and change.add == me and not snap.raft.voter:
             _log.info("raft_becoming_voter", replaces=change.remove)
+            self._joining_since = self._clock.monotonic()
             await self._consensus.rejoin(tuple(sorted({*state.voters, me})))
             return True
         if change is None and state.voters and snap.raft.voter and me not in state.voters:
@@ -118,6 +123,8 @@ class VoterKeeper:
         wait = self._s.refresh_after_s
         if now - self._leader_seen < wait or now - self._last_refresh < wait:
             return
+        if now - self._joining_since < _JOIN_PATIENCE_S:
+            return  # joining as a voter: no leader talks to us until the leader adds us
         self._last_refresh = now
         agreed = await self._agreed_voters()
         if agreed is None:

@@ -72,6 +72,7 @@ class MemoryConsensus:
         self._changed = asyncio.Event()
         self._version = 0
         self._running = False
+        self._role_voter: bool | None = None  # set by rejoin; None: as the log's voters say
         log.nodes.append(self)
 
     async def start(self) -> None:
@@ -96,7 +97,11 @@ class MemoryConsensus:
         leader = self._log.leader if connected else None
         raft = RaftStatus(
             server=self._server,
-            voter=self._server in self._log.voters,
+            voter=(
+                self._role_voter
+                if self._role_voter is not None
+                else self._server in self._log.voters
+            ),
             leader=leader,
             term=self._log.term,
             is_leader=connected and leader == self._server,
@@ -138,7 +143,11 @@ class MemoryConsensus:
         return await self._change_members(server, adding=False, timeout_s=timeout_s)
 
     async def rejoin(self, voters: tuple[str, ...]) -> None:
-        """One shared log has nothing to restart; the log's voters are what counts."""
+        """One shared log has nothing to restart: only this node's role follows `voters`
+        (the log's voters still decide what commits)."""
+        self._role_voter = self._server in voters
+        self._version += 1
+        self._changed.set()
 
     async def _change_members(self, server: str, *, adding: bool, timeout_s: float) -> SubmitResult:
         log = self._log

@@ -706,3 +706,24 @@ async def test_the_keeper_asks_real_peers_by_default(cluster: Cluster, status_se
     await step(keeper, cluster.nodes["m5"])
 
     assert cluster.nodes["m5"].rejoins == [VOTERS]
+
+
+async def test_a_newcomer_waiting_to_be_added_does_not_ask_its_peers_until_the_change_is_stale(
+    cluster: Cluster,
+) -> None:
+    await fail_m3(cluster)
+    await cluster.commit(prepare())
+    peers = Peers({url("m1"): ("m1", "m2", "m3")})
+    keeper, node = cluster.keeper("m4", peers=peers), cluster.nodes["m4"]
+    start = cluster.clock.now
+    await step(keeper, node)  # restarts as a full node, not yet counted by anyone
+    assert node.rejoins == [("m1", "m2", "m3", "m4")]
+    cluster.log.isolate("m4")  # a full node nobody has added hears from no leader
+
+    cluster.clock.now = start + 40.0
+    await step(keeper, node)
+    assert (peers.asked, len(node.rejoins)) == ([], 1)
+
+    cluster.clock.now = start + 46.0  # the leader gave up on it long ago: ask, rejoin as agreed
+    await step(keeper, node)
+    assert peers.asked and node.rejoins[-1] == ("m1", "m2", "m3")
