@@ -26,6 +26,7 @@ from agent.statusview import (
     render_stops,
 )
 from agent.stops_api import parse_duration
+from agent.tenantcmd import tenant_create
 from agent.wiring import build_agent
 
 DEFAULT_CONFIG = "cluster.yml"
@@ -58,6 +59,14 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--url", action="append", help="an agent's URL (repeatable)")
 
     _stops_parsers(sub)
+
+    tenant = sub.add_parser("tenant", help="provision tenants of the collaboration service")
+    tenant_sub = tenant.add_subparsers(dest="tenant_command", required=True, metavar="ACTION")
+    create = tenant_sub.add_parser("create", help="create a tenant and its owner's setup link")
+    create.add_argument("name", help="the tenant's subdomain (listed in a slot of the config)")
+    create.add_argument("--admin-email", required=True, help="the owner's e-mail address")
+    create.add_argument("--display-name", help="the organisation's name as people read it")
+    create.add_argument("--config", default=DEFAULT_CONFIG)
 
     check = sub.add_parser("check-config", help="validate a cluster config file")
     check.add_argument("file")
@@ -113,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     if args.command == "agent":
         return _agent(config, args.server, args.log_level)
+    if args.command == "tenant":
+        return tenant_create(config, args.name, args.admin_email, args.display_name)
     return _up(Path(args.config), config)
 
 
