@@ -1,4 +1,5 @@
-"""CLI of the hosted app: parse argv into AppSettings, serve until SIGTERM/SIGINT, exit code."""
+"""CLI of the hosted app: parse argv into AppSettings, open and migrate the slot's database,
+serve until SIGTERM/SIGINT (or stdin EOF, or orphaned), close the database, exit code."""
 
 from __future__ import annotations
 
@@ -15,8 +16,11 @@ from aiohttp import web
 
 from app.clock import Clock, SystemClock, pause
 from app.control import ControlProtocol, read_stdin
+from app.db import Database, DatabaseError, open_database, redact_dsn, sqlite_path
 from app.fence import Identity, LeaseFence, OpenFence, watch_lease
+from app.migrate import migrate
 from app.overlap_log import OverlapLog
+from app.passwords import prepare_dummy
 from app.service import build_app
 from app.settings import CONTROLS, INSTANCE_NAME, TENANT_LABEL, AppSettings
 
@@ -26,6 +30,11 @@ EXIT_OK = 0
 EXIT_STARTUP_FAILED = 1
 EXIT_USAGE = 2
 EXIT_BIND_FAILED = 3
+# The slot's database cannot be opened or migrated at start; stderr says why in one line
+# ("app: database ..."). Nothing was served. Distinct from 1, since a retry on this server
+# fails the same way until the database (or its file) is repaired.
+EXIT_DATABASE = 4
+DATABASE_SCHEMES = ("postgresql://", "postgres://")
 
 # Bound on graceful shutdown: in-flight requests get this long before connections are dropped.
 SHUTDOWN_TIMEOUT_S = 5.0
@@ -95,6 +104,15 @@ def _file(text: str) -> Path:
     return Path(text)
 
 
+def _database_url(text: str) -> str:
+    if not text.startswith(DATABASE_SCHEMES) or len(text) <= len("postgres://"):
+        shown = redact_dsn(text)
+        raise argparse.ArgumentTypeError(
+            f"invalid database URL {shown!r} (postgresql://user@host:port/database)"
+        )
+    return text
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m app", description="Serve one slot's tenants over HTTP."
@@ -117,6 +135,12 @@ def _parser() -> argparse.ArgumentParser:
         "none: always serve (default: %(default)s)",
     )
     arg("--overlap-log", type=_file, help="append start/renew/stop records to this file")
+    arg(
+        "--database-url",
+        type=_database_url,
+        help="keep the slot's data in PostgreSQL (postgresql://...) instead of the SQLite file "
+        "app.sqlite3 under --data-dir",
+    )
     return parser
 
 
@@ -140,6 +164,7 @@ def parse_settings(argv: Sequence[str]) -> AppSettings:
         parent_pid=ns.parent_pid,
         control=ns.control,
         overlap_log=ns.overlap_log,
+        database_url=ns.database_url,
     )
 
 
@@ -202,14 +227,17 @@ async def _listen(runner: web.AppRunner, settings: AppSettings, fence: Fence) ->
     return EXIT_OK
 
 
-async def _serve(settings: AppSettings, sink: OverlapLog | None) -> int:
+async def _serve(
+    settings: AppSettings, sink: OverlapLog | None, db: Database, applied: list[str]
+) -> int:
     clock = SystemClock()
     fence = _fence(settings, clock, sink)
     shutdown = _Shutdown(fence)
     loop = asyncio.get_running_loop()
     for signum in SIGNALS:
         loop.add_signal_handler(signum, shutdown.request, f"signal {signum.name}")
-    runner = web.AppRunner(build_app(settings, clock, fence), shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    app = build_app(settings, clock, fence, db)
+    runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     control: ControlProtocol | None = None
     tasks: list[asyncio.Task[None]] = []
     try:
@@ -226,6 +254,7 @@ async def _serve(settings: AppSettings, sink: OverlapLog | None) -> int:
         if code != EXIT_OK:
             return code
         _log("app_started", slot=settings.slot, port=settings.port, pid=os.getpid())
+        _log("app_database", dialect=db.dialect, migrations_applied=applied)
         parent_pid = settings.parent_pid if settings.parent_pid is not None else os.getppid()
         tasks.append(asyncio.create_task(_watch_parent(parent_pid, shutdown)))
         await shutdown.event.wait()
@@ -241,8 +270,56 @@ async def _serve(settings: AppSettings, sink: OverlapLog | None) -> int:
             loop.remove_signal_handler(signum)
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _database_name(settings: AppSettings) -> str:
+    if settings.database_url is not None:
+        return redact_dsn(settings.database_url)
+    return str(sqlite_path(settings.data_dir))
+
+
+async def _open_database(settings: AppSettings) -> tuple[Database, list[str]] | None:
+    """Open and migrate the slot's database: ``--database-url``, else the SQLite file in the
+    data dir. Returns it and the migrations applied, or None after saying why on stderr."""
+    name = _database_name(settings)
+    try:
+        db = await open_database(settings.database_url or sqlite_path(settings.data_dir))
+    except (DatabaseError, ValueError, OSError) as exc:
+        _fail(f"database {name} cannot be opened: {_one_line(exc)}")
+        return None
+    try:
+        applied = await migrate(db)
+    # Whatever stops the schema from being current (MigrationError, an outage, a driver error
+    # such as a read-only file or missing privileges) is fatal at start: say it in one line.
+    except Exception as exc:  # noqa: BLE001 - reported and turned into EXIT_DATABASE
+        await db.close()
+        _fail(f"database {name} cannot be migrated: {_one_line(exc)}")
+        return None
+    return db, applied
+
+
+async def _serve_with_database(settings: AppSettings, sink: OverlapLog | None) -> int:
+    # The dummy password hash takes ~0.1 s of the hash pool: make it while the database opens,
+    # and never hold up serving for it.
+    warm_up = asyncio.create_task(prepare_dummy())
+    try:
+        opened = await _open_database(settings)
+        if opened is None:
+            return EXIT_DATABASE
+        db, applied = opened
+        try:
+            return await _serve(settings, sink, db, applied)
+        finally:
+            await db.close()
+    finally:
+        warm_up.cancel()
+
+
 async def serve(settings: AppSettings) -> int:
-    """Startup -> serve until SIGTERM/SIGINT (or stdin EOF) -> bounded graceful shutdown.
+    """Startup (open and migrate the database) -> serve until SIGTERM/SIGINT (or stdin EOF, or
+    orphaned) -> bounded graceful shutdown -> close the database.
 
     Returns the exit code.
     """
@@ -254,14 +331,15 @@ async def serve(settings: AppSettings) -> int:
             _fail(f"cannot open overlap log {settings.overlap_log}: {exc.strerror or exc}")
             return EXIT_STARTUP_FAILED
     try:
-        return await _serve(settings, sink)
+        return await _serve_with_database(settings, sink)
     finally:
         if sink is not None:
             sink.close()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the app; 0 after a signal or stdin EOF, 1 startup failure, 2 bad arguments, 3 bind."""
+    """Run the app; 0 after a signal or stdin EOF, 1 startup failure, 2 bad arguments, 3 bind,
+    4 database (EXIT_DATABASE)."""
     try:
         settings = parse_settings(sys.argv[1:] if argv is None else argv)
     except SystemExit as exc:  # argparse exits: 2 on bad arguments, 0 for --help

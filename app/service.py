@@ -1,7 +1,9 @@
-"""The hosted app's HTTP surface: health, per-tenant pages by Host header, instance headers."""
+"""The hosted app's HTTP surface: health and readiness, per-tenant pages by Host header,
+instance headers."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Mapping
 
@@ -10,6 +12,7 @@ from aiohttp.typedefs import Handler
 
 from app import pages
 from app.clock import Clock, SystemClock
+from app.db import Database, DatabaseError
 from app.fence import GateStatus, RequestGate
 from app.settings import AppSettings
 
@@ -21,6 +24,11 @@ _HTML_HEADERS = {
 # A refused tenant request: try again shortly (the lease may come back, or the edge moves on).
 _NOT_SERVING_HEADERS = {**_HTML_HEADERS, "Retry-After": "1", "X-Moonwatch-Serving": "no"}
 HEALTH_PATH = "/healthz"
+READY_PATH = "/readyz"
+# Answered whether or not this instance holds its lease: they describe the process, not a tenant.
+PROBE_PATHS = frozenset({HEALTH_PATH, READY_PATH})
+# A readiness probe that waits longer than this for the database reports it unavailable.
+READY_TIMEOUT_S = 2.0
 
 
 def host_name(host_header: str) -> str:
@@ -59,9 +67,12 @@ class _AlwaysServing:
 class _Site:
     """Request handlers and hooks bound to one instance's settings."""
 
-    def __init__(self, settings: AppSettings, started_at: float, gate: RequestGate) -> None:
+    def __init__(
+        self, settings: AppSettings, started_at: float, gate: RequestGate, db: Database | None
+    ) -> None:
         self._settings = settings
         self._gate = gate
+        self._db = db
         self._started_at = started_at
         self._pid = os.getpid()
         self._instance_headers = {
@@ -92,6 +103,19 @@ class _Site:
             }
         )
 
+    async def readyz(self, request: web.Request) -> web.Response:
+        """200 when the database answers ``SELECT 1`` within READY_TIMEOUT_S, else 503 and why."""
+        if self._db is None:
+            return _unready("no database is configured")
+        try:
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                await self._db.fetchval("SELECT 1")
+        except TimeoutError:
+            return _unready(f"the database did not answer within {READY_TIMEOUT_S:g} s")
+        except DatabaseError as exc:
+            return _unready(f"the database is unavailable: {exc}")
+        return web.json_response({"status": "ready", "database": self._db.dialect})
+
     async def home(self, request: web.Request) -> web.Response:
         tenant = self._tenant(request)
         if tenant is None:
@@ -103,8 +127,8 @@ class _Site:
     async def fence_tenant_requests(
         self, request: web.Request, handler: Handler
     ) -> web.StreamResponse:
-        """Refuse every request but /healthz, before any other work, unless serving now."""
-        if request.path == HEALTH_PATH or self._gate.admit():
+        """Refuse every request but the probes, before any other work, unless serving now."""
+        if request.path in PROBE_PATHS or self._gate.admit():
             return await handler(request)
         return _html(pages.not_serving(), 503, _NOT_SERVING_HEADERS)
 
@@ -125,16 +149,25 @@ class _Site:
         response.headers.update(self._instance_headers)
 
 
+def _unready(reason: str) -> web.Response:
+    return web.json_response({"status": "unavailable", "reason": reason}, status=503)
+
+
 def build_app(
-    settings: AppSettings, clock: Clock | None = None, gate: RequestGate | None = None
+    settings: AppSettings,
+    clock: Clock | None = None,
+    gate: RequestGate | None = None,
+    db: Database | None = None,
 ) -> web.Application:
     """Build the aiohttp application for one slot; ``started_at`` is read from ``clock`` now.
 
-    ``gate`` decides whether tenant requests are served (default: always).
+    ``gate`` decides whether tenant requests are served (default: always); ``db`` is the slot's
+    open database, which /readyz probes (without one, /readyz answers 503).
     """
-    site = _Site(settings, (clock or SystemClock()).wall_now(), gate or _AlwaysServing())
+    site = _Site(settings, (clock or SystemClock()).wall_now(), gate or _AlwaysServing(), db)
     app = web.Application(middlewares=[site.fence_tenant_requests, site.not_found_pages])
     app.on_response_prepare.append(site.stamp_instance)
     app.router.add_get(HEALTH_PATH, site.healthz)
+    app.router.add_get(READY_PATH, site.readyz)
     app.router.add_get("/", site.home)
     return app

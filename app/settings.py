@@ -34,3 +34,5 @@ class AppSettings:
     control: Control = "none"
     # Append-only file of start/renew/stop records (for scripts/check_overlap.py).
     overlap_log: Path | None = None
+    # postgresql://... for the slot's data; None: the SQLite file under ``data_dir``.
+    database_url: str | None = None

@@ -1,0 +1,191 @@
+"""Sign-in and sessions of a tenant's users: a session starts at sign-in, is found by its
+cookie token and revoked one by one or all at once. Tokens are stored only as hashes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from argon2 import PasswordHasher
+
+from app import tokens
+from app.clock import Clock
+from app.db import Database
+from app.ids import new_id
+from app.passwords import PASSWORD_HASHER, PASSWORD_MAX_LENGTH, dummy_verify, verify_password
+from app.people import (
+    LAST_SEEN_STEP_MS,
+    InvalidCredentials,
+    NotFound,
+    User,
+    duration_ms,
+    find_user,
+    now_ms,
+    user_columns,
+    user_from_row,
+)
+
+MAX_USER_AGENT = 512
+MAX_IP = 64
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """A live session as its owner sees it in a list (never the token)."""
+
+    id: int
+    user_id: int
+    created_at: int
+    last_seen_at: int
+    expires_at: int
+    user_agent: str
+    ip: str
+
+
+# ---------------------------------------------------------------- sign-in
+
+
+async def authenticate(
+    db: Database,
+    tenant_id: int,
+    email: str,
+    password: str,
+    *,
+    hasher: PasswordHasher = PASSWORD_HASHER,
+) -> User:
+    """The active user with this e-mail (any case) and password, else InvalidCredentials.
+
+    An unknown address, an inactive user or one without a password costs one dummy
+    verification, so the time taken does not tell them apart from a wrong password. A hash
+    made with older parameters is replaced on success.
+    """
+    refused = InvalidCredentials("wrong e-mail address or password")
+    if len(password) > PASSWORD_MAX_LENGTH:
+        raise refused  # never hashed: no account is looked at, so nothing leaks
+    row = await db.fetchrow(
+        f"SELECT {user_columns()}, password_hash FROM users"
+        " WHERE tenant_id = ? AND lower(email) = ?",
+        tenant_id,
+        email.strip().lower(),
+    )
+    if row is None or not row["active"] or row["password_hash"] is None:
+        await dummy_verify(password, hasher=hasher)
+        raise refused
+    result = await verify_password(str(row["password_hash"]), password, hasher=hasher)
+    if not result.ok:
+        raise refused
+    if result.new_hash is not None:
+        await db.execute(
+            "UPDATE users SET password_hash = ?"
+            " WHERE tenant_id = ? AND id = ? AND password_hash = ?",
+            *(result.new_hash, tenant_id, row["id"], row["password_hash"]),
+        )
+    return user_from_row(row)
+
+
+# ---------------------------------------------------------------- sessions
+
+
+async def create_session(
+    db: Database,
+    tenant_id: int,
+    user_id: int,
+    user_agent: str,
+    ip: str,
+    lifetime_s: float,
+    clock: Clock,
+) -> str:
+    """Start a session for an active user; return its plain token (for the cookie)."""
+    lifetime_ms = duration_ms(lifetime_s, "lifetime_s")
+    user = await find_user(db, tenant_id, user_id)
+    if user is None or not user.active:
+        raise NotFound("no such user")
+    plain, digest = tokens.new_token()
+    now = now_ms(clock)
+    await db.execute(
+        "INSERT INTO sessions (id, tenant_id, user_id, token_hash, created_at, last_seen_at,"
+        " expires_at, user_agent, ip) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        *(new_id(), tenant_id, user_id, digest, now, now, now + lifetime_ms),
+        *(user_agent[:MAX_USER_AGENT], ip[:MAX_IP]),
+    )
+    return plain
+
+
+async def session_user(
+    db: Database, tenant_id: int, token: str, idle_timeout_s: float, clock: Clock
+) -> User | None:
+    """The user a session token signs in, or None when the session is unknown here, expired,
+    revoked, idle for longer than ``idle_timeout_s`` or its user is inactive. Moves the
+    session's last_seen_at (at most once a minute)."""
+    if not tokens.plausible_token(token):
+        return None
+    row = await db.fetchrow(
+        f"SELECT {user_columns('u')}, s.id AS session_id, s.last_seen_at AS last_seen_at,"
+        " s.expires_at AS expires_at, s.revoked_at AS revoked_at"
+        " FROM sessions s JOIN users u ON u.tenant_id = s.tenant_id AND u.id = s.user_id"
+        " WHERE s.tenant_id = ? AND s.token_hash = ?",
+        tenant_id,
+        tokens.token_hash(token),
+    )
+    now = now_ms(clock)
+    if row is None or row["revoked_at"] is not None or not row["active"]:
+        return None
+    last_seen = int(row["last_seen_at"])
+    if int(row["expires_at"]) <= now or now - last_seen > idle_timeout_s * 1000:
+        return None
+    if now - last_seen >= LAST_SEEN_STEP_MS:
+        await db.execute(
+            "UPDATE sessions SET last_seen_at = ?"
+            " WHERE tenant_id = ? AND id = ? AND last_seen_at < ?",
+            *(now, tenant_id, row["session_id"], now),
+        )
+    return user_from_row(row)
+
+
+async def revoke_session(
+    db: Database, tenant_id: int, token: str, *, clock: Clock | None = None
+) -> bool:
+    """Revoke the session of a token (sign-out); False when there was no live one."""
+    if not tokens.plausible_token(token):
+        return False
+    changed = await db.execute(
+        "UPDATE sessions SET revoked_at = ?"
+        " WHERE tenant_id = ? AND token_hash = ? AND revoked_at IS NULL",
+        *(now_ms(clock), tenant_id, tokens.token_hash(token)),
+    )
+    return changed == 1
+
+
+async def revoke_session_by_id(
+    db: Database, tenant_id: int, user_id: int, session_id: int, *, clock: Clock | None = None
+) -> bool:
+    """Revoke one of ``user_id``'s sessions by its listed id; False when it was not live."""
+    changed = await db.execute(
+        "UPDATE sessions SET revoked_at = ?"
+        " WHERE tenant_id = ? AND user_id = ? AND id = ? AND revoked_at IS NULL",
+        *(now_ms(clock), tenant_id, user_id, session_id),
+    )
+    return changed == 1
+
+
+async def revoke_all_sessions(
+    db: Database, tenant_id: int, user_id: int, *, clock: Clock | None = None
+) -> int:
+    """Revoke every session of a user ("sign out everywhere"); return how many were live."""
+    return await db.execute(
+        "UPDATE sessions SET revoked_at = ?"
+        " WHERE tenant_id = ? AND user_id = ? AND revoked_at IS NULL",
+        *(now_ms(clock), tenant_id, user_id),
+    )
+
+
+async def list_sessions(
+    db: Database, tenant_id: int, user_id: int, *, clock: Clock | None = None
+) -> list[SessionInfo]:
+    """A user's unrevoked, unexpired sessions, newest first."""
+    rows = await db.fetch(
+        "SELECT id, user_id, created_at, last_seen_at, expires_at, user_agent, ip FROM sessions"
+        " WHERE tenant_id = ? AND user_id = ? AND revoked_at IS NULL AND expires_at > ?"
+        " ORDER BY id DESC",
+        *(tenant_id, user_id, now_ms(clock)),
+    )
+    return [SessionInfo(**row) for row in rows]
