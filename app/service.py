@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
-from app import pages
+from app import pages, web_api
 from app.clock import Clock, SystemClock
 from app.db import Database, DatabaseError
 from app.fence import GateStatus, RequestGate
@@ -164,10 +164,14 @@ def build_app(
     ``gate`` decides whether tenant requests are served (default: always); ``db`` is the slot's
     open database, which /readyz probes (without one, /readyz answers 503).
     """
-    site = _Site(settings, (clock or SystemClock()).wall_now(), gate or _AlwaysServing(), db)
-    app = web.Application(middlewares=[site.fence_tenant_requests, site.not_found_pages])
+    clock = clock or SystemClock()
+    site = _Site(settings, clock.wall_now(), gate or _AlwaysServing(), db)
+    api = web_api.WebApi(clock, db, site._tenant)
+    middlewares = [site.fence_tenant_requests, site.not_found_pages, api.errors]
+    app = web.Application(middlewares=middlewares)
     app.on_response_prepare.append(site.stamp_instance)
     app.router.add_get(HEALTH_PATH, site.healthz)
     app.router.add_get(READY_PATH, site.readyz)
     app.router.add_get("/", site.home)
+    api.add_routes(app.router)
     return app
