@@ -51,9 +51,11 @@ def tenant_create(
         print(f"moonwatch tenant create: {why}", file=sys.stderr)
         return EXIT_FAILED
     edge = config.servers[0]
-    link = f"http://{name}.{config.base_domain}:{edge.edge_port}/setup/{answer['setup_token']}"
+    url = f"http://{name}.{config.base_domain}:{edge.edge_port}/api/v1/invitations/accept"
     print(f"created tenant {name} in slot {slot}")
-    print(f"one-time setup link for {admin_email} (valid 72 h, shown only now): {link}")
+    print(f"one-time setup token for {admin_email} (valid 72 h, shown only now):")
+    print(f"  {answer['setup_token']}")
+    print(f'the owner sets a password with: POST {url} {{"token", "display_name", "password"}}')
     return EXIT_OK
 
 

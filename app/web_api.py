@@ -338,6 +338,7 @@ class WebApi:
         p, a = API_PREFIX, self._authed
         router.add_post(f"{p}/session", self.sign_in)
         router.add_delete(f"{p}/session", self.sign_out)
+        router.add_post(f"{p}/invitations/accept", self.accept)
         router.add_get(f"{p}/me", a(self.me))
         router.add_get(f"{p}/spaces", a(self.list_spaces))
         router.add_post(f"{p}/spaces", a(self.create_space))
@@ -369,6 +370,20 @@ class WebApi:
         scopes = frozenset({"read", "write"})
         response = _answer(_me(Caller(tenant_id, name, user, "session", scopes)))
         set_session_cookie(request, response, token)
+        return response
+
+    async def accept(self, request: web.Request) -> web.StreamResponse:
+        """POST {token, display_name, password}: accept an invitation (or the owner's setup
+        link), which signs the new user in: a session cookie, and the user as /me shows it."""
+        db, tenant_id, name = await self._tenant(request)
+        body = await _json_object(request)
+        token, display = _field(body, "token"), _field(body, "display_name")
+        password = _field(body, "password")
+        auth = ApiAuth(db, self._clock)
+        user, session = await auth.accept(request, tenant_id, token, display, password)
+        scopes = frozenset({"read", "write"})
+        response = _answer(_me(Caller(tenant_id, name, user, "session", scopes)), status=201)
+        set_session_cookie(request, response, session)
         return response
 
     async def sign_out(self, request: web.Request) -> web.StreamResponse:

@@ -19,6 +19,7 @@ from aiohttp import hdrs, web
 
 from app.accounts import (
     User,
+    accept_invitation,
     authenticate,
     create_session,
     revoke_session,
@@ -135,6 +136,23 @@ class ApiAuth:
             self._clock,
         )  # fmt: skip
         return user, token
+
+    async def accept(
+        self, request: web.Request, tenant_id: int, token: str, display_name: str, password: str
+    ) -> tuple[User, str]:
+        """Accept an invitation or setup link (its own errors: expired, used, unknown, a
+        password against the policy) and start a session for the new user."""
+        if hdrs.ORIGIN in request.headers and not same_origin(request):
+            raise ApiError(403, "cross-origin request refused")
+        user = await accept_invitation(
+            self._db, tenant_id, token, display_name, password, clock=self._clock
+        )
+        agent = request.headers.get(hdrs.USER_AGENT, "")
+        session = await create_session(
+            self._db, tenant_id, user.id, agent, request.remote or "", SESSION_LIFETIME_S,
+            self._clock,
+        )  # fmt: skip
+        return user, session
 
     async def sign_out(self, request: web.Request, tenant_id: int) -> None:
         """Revoke the session of the request's cookie; ApiError 401 when it has none live."""

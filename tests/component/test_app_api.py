@@ -687,3 +687,40 @@ async def test_bugs_answer_500_json_without_details(caplog: pytest.LogCaptureFix
     assert_error(reply, 500)
     assert "secret" not in str(reply.body)
     assert "secret detail" in caplog.text  # logged for us, not shown to them
+
+
+# ---------------------------------------------------------------- invitations
+
+
+async def test_the_setup_link_signs_the_owner_in_once(
+    api: Api, db: Database, clock: FakeClock
+) -> None:
+    tenant, setup = await accounts.create_tenant(db, "globex", "Globex", "bob@x.test", clock)
+    host = "globex.localhost"
+    body = {"token": setup, "display_name": "Bob", "password": PASSWORD}
+    reply = await api.call("POST", "/invitations/accept", host, json=body)
+    assert reply.status == 201, reply.body
+    assert reply.body["role"] == "owner"
+    cookie = reply.response.cookies["mw_session"]
+    assert cookie["httponly"] and cookie["samesite"] == "Lax"
+
+    again = await api.call("POST", "/invitations/accept", host, json=body)
+    assert_error(again, 400)  # single use
+    unknown = {**body, "token": "x" * 43}
+    assert_error(await api.call("POST", "/invitations/accept", host, json=unknown), 404)
+    weak = {**body, "password": "short"}
+    assert_error(await api.call("POST", "/invitations/accept", host, json=weak), 400)
+    assert tenant.name == "globex"
+
+
+async def test_an_invitation_of_one_tenant_is_nothing_in_another(
+    api: Api, db: Database, clock: FakeClock, acme: Org
+) -> None:
+    invitation = await accounts.invite(
+        db, acme.tenant_id, "carol@example.com", "member", acme.owner.id, DAY_S
+    )
+    await accounts.create_tenant(db, "globex", "Globex", "u@x.test", clock)
+    body = {"token": invitation, "display_name": "Carol", "password": PASSWORD}
+    elsewhere = await api.call("POST", "/invitations/accept", "globex.localhost", json=body)
+    assert_error(elsewhere, 404)  # the same answer as a token that never existed
+    assert (await api.call("POST", "/invitations/accept", acme.host, json=body)).status == 201
