@@ -42,6 +42,7 @@ bench: venv
 	$(BIN)/python scripts/bench/failover.py --trials 20 --json bench-results/failover.json
 	$(BIN)/python scripts/bench/voter_replacement.py --trials 5 --json bench-results/voters.json
 	$(BIN)/python scripts/bench/flood.py --json bench-results/flood.json
+	$(BIN)/python scripts/bench/app_load.py --json bench-results/app_load.json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .import_linter_cache var bench-results
