@@ -22,7 +22,13 @@ from app.migrate import migrate
 from app.overlap_log import OverlapLog
 from app.passwords import prepare_dummy
 from app.service import build_app
-from app.settings import CONTROLS, INSTANCE_NAME, TENANT_LABEL, AppSettings
+from app.settings import (
+    CONTROLS,
+    DEFAULT_MAX_UPLOAD_BYTES,
+    INSTANCE_NAME,
+    TENANT_LABEL,
+    AppSettings,
+)
 
 __all__ = ["AppSettings", "main", "parse_settings"]
 
@@ -35,6 +41,8 @@ EXIT_BIND_FAILED = 3
 # fails the same way until the database (or its file) is repaired.
 EXIT_DATABASE = 4
 DATABASE_SCHEMES = ("postgresql://", "postgres://")
+MIB = 1024 * 1024
+MAX_UPLOAD_MB = 4096
 
 # Bound on graceful shutdown: in-flight requests get this long before connections are dropped.
 SHUTDOWN_TIMEOUT_S = 5.0
@@ -113,6 +121,16 @@ def _database_url(text: str) -> str:
     return text
 
 
+def _upload_mb(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r} (whole MiB)") from None
+    if not 1 <= value <= MAX_UPLOAD_MB:
+        raise argparse.ArgumentTypeError(f"upload size must be in 1..{MAX_UPLOAD_MB} MiB")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m app", description="Serve one slot's tenants over HTTP."
@@ -141,6 +159,12 @@ def _parser() -> argparse.ArgumentParser:
         help="keep the slot's data in PostgreSQL (postgresql://...) instead of the SQLite file "
         "app.sqlite3 under --data-dir",
     )
+    arg(
+        "--max-upload-mb",
+        type=_upload_mb,
+        default=DEFAULT_MAX_UPLOAD_BYTES // MIB,
+        help="largest uploaded file in MiB (default: %(default)s)",
+    )
     return parser
 
 
@@ -165,6 +189,7 @@ def parse_settings(argv: Sequence[str]) -> AppSettings:
         control=ns.control,
         overlap_log=ns.overlap_log,
         database_url=ns.database_url,
+        max_upload_bytes=ns.max_upload_mb * MIB,
     )
 
 

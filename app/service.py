@@ -166,7 +166,7 @@ def build_app(
     """
     clock = clock or SystemClock()
     site = _Site(settings, clock.wall_now(), gate or _AlwaysServing(), db)
-    api = web_api.WebApi(clock, db, site._tenant)
+    api = web_api.WebApi(clock, db, site._tenant, settings)
     middlewares = [site.fence_tenant_requests, site.not_found_pages, api.errors]
     app = web.Application(middlewares=middlewares)
     app.on_response_prepare.append(site.stamp_instance)

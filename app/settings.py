@@ -14,6 +14,8 @@ CONTROLS: tuple[Control, ...] = ("stdin", "none")
 TENANT_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 # Slot and server names travel in response headers, so keep them to a header-safe token.
 INSTANCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# The largest file an upload may carry.
+DEFAULT_MAX_UPLOAD_BYTES = 25 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -36,3 +38,5 @@ class AppSettings:
     overlap_log: Path | None = None
     # postgresql://... for the slot's data; None: the SQLite file under ``data_dir``.
     database_url: str | None = None
+    # The largest uploaded file, in bytes (the upload route's body limit, not the JSON cap).
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
