@@ -3,9 +3,8 @@ invitations, sign-in, sessions, API tokens, roles, and isolation between tenants
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import argon2
@@ -25,13 +24,12 @@ from app.accounts import (
     Tenant,
     User,
 )
-from app.db import Database, open_database
+from app.db import Database
 from app.ids import new_id
-from app.migrate import migrate
-from tests.support_pg import pg_dsn, pg_server
+from tests.app_support import FAST, FakeClock, clock, db, db_url, pg_dsn, pg_server
 
 # Fixtures shared from tests.support_pg; pytest finds them as names of this module.
-__all__ = ["pg_dsn", "pg_server"]
+__all__ = ["clock", "db", "db_url", "pg_dsn", "pg_server"]  # fixtures, for pytest
 
 START_S = 1_700_000_000.0
 HOUR_S = 3600.0
@@ -39,26 +37,6 @@ DAY_S = 24 * HOUR_S
 PASSWORD = "owner password 1"
 MEMBER_PASSWORD = "member password 1"
 # Cheap argon2 parameters: the production ones cost a tenth of a second per sign-in.
-FAST = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
-
-
-class FakeClock:
-    """Wall time that moves only when the test says so."""
-
-    def __init__(self, now: float = START_S) -> None:
-        self.now = now
-
-    def wall_now(self) -> float:
-        return self.now
-
-    def boottime(self) -> float:
-        return self.now - START_S
-
-    def monotonic(self) -> float:
-        return self.now - START_S
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class CountingHasher(PasswordHasher):
@@ -71,29 +49,6 @@ class CountingHasher(PasswordHasher):
     def verify(self, hash: str | bytes, password: str | bytes) -> Literal[True]:
         self.verifications += 1
         return super().verify(hash, password)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite://{tmp_path / 'app.sqlite3'}"
-    dsn: str = request.getfixturevalue("pg_dsn")
-    return dsn
-
-
-@pytest.fixture
-async def db(db_url: str) -> AsyncIterator[Database]:
-    database = await open_database(db_url)
-    try:
-        await migrate(database)
-        yield database
-    finally:
-        await database.close()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @dataclass

@@ -10,11 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from argon2 import PasswordHasher
 
 from app import accounts, work
 from app.accounts import Forbidden, NotFound, User
-from app.db import Database, open_database
+from app.db import Database
 from app.files import (
     MAX_NAME,
     FileRecord,
@@ -29,61 +28,20 @@ from app.files import (
     store_file,
     tenant_files_dir,
 )
-from app.migrate import migrate
-from tests.support_pg import pg_dsn, pg_server
+from tests.app_support import FAST, FakeClock, clock, db, db_url, pg_dsn, pg_server
 
 # Fixtures shared from tests.support_pg; pytest finds them as names of this module.
-__all__ = ["pg_dsn", "pg_server"]
+__all__ = ["clock", "db", "db_url", "pg_dsn", "pg_server"]  # fixtures, for pytest
 
 START_S = 1_700_000_000.0
 DAY_S = 86_400.0
 PASSWORD = "a long password 1"
-FAST = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 MAX_BYTES = 64 * 1024
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(range(256)) * 4
 PDF = b"%PDF-1.7\n" + b"1 0 obj << >> endobj\n" * 500
 EXE = b"MZ\x90\x00\x03\x00\x00\x00" + bytes(200)
 HTML = b"<!DOCTYPE html><html><script>alert(1)</script></html>"
 XSS_NAME = '<img src=x onerror=alert("x")>\'; DROP TABLE files;--.png'
-
-
-class FakeClock:
-    """Wall time that moves only when the test says so."""
-
-    def __init__(self, now: float = START_S) -> None:
-        self.now = now
-
-    def wall_now(self) -> float:
-        return self.now
-
-    def boottime(self) -> float:
-        return self.now - START_S
-
-    def monotonic(self) -> float:
-        return self.now - START_S
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite://{tmp_path / 'app.sqlite3'}"
-    dsn: str = request.getfixturevalue("pg_dsn")
-    return dsn
-
-
-@pytest.fixture
-async def db(db_url: str) -> AsyncIterator[Database]:
-    database = await open_database(db_url)
-    try:
-        await migrate(database)
-        yield database
-    finally:
-        await database.close()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture

@@ -3,72 +3,26 @@ PostgreSQL server: permissions, isolation between tenants, pagination abuse and 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
-from argon2 import PasswordHasher
 
 from app import accounts, work
 from app.accounts import AlreadyExists, Forbidden, NotFound, PolicyViolation, User
-from app.db import Database, open_database
+from app.db import Database
 from app.ids import MAX_ID
 from app.markup import render
-from app.migrate import migrate
-from tests.support_pg import pg_dsn, pg_server
+from tests.app_support import FAST, FakeClock, clock, db, db_url, pg_dsn, pg_server
 
 # Fixtures shared from tests.support_pg; pytest finds them as names of this module.
-__all__ = ["pg_dsn", "pg_server"]
+__all__ = ["clock", "db", "db_url", "pg_dsn", "pg_server"]  # fixtures, for pytest
 
 START_S = 1_700_000_000.0
 DAY_S = 86_400.0
 PASSWORD = "a long password 1"
-FAST = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 XSS = '<script>alert("x")</script><img src=x onerror=alert(1)> javascript:alert(1)'
-
-
-class FakeClock:
-    """Wall time that moves only when the test says so."""
-
-    def __init__(self, now: float = START_S) -> None:
-        self.now = now
-
-    def wall_now(self) -> float:
-        return self.now
-
-    def boottime(self) -> float:
-        return self.now - START_S
-
-    def monotonic(self) -> float:
-        return self.now - START_S
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite://{tmp_path / 'app.sqlite3'}"
-    dsn: str = request.getfixturevalue("pg_dsn")
-    return dsn
-
-
-@pytest.fixture
-async def db(db_url: str) -> AsyncIterator[Database]:
-    database = await open_database(db_url)
-    try:
-        await migrate(database)
-        yield database
-    finally:
-        await database.close()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @dataclass
