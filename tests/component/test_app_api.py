@@ -23,6 +23,7 @@ from app.migrate import migrate
 from app.service import build_app
 from app.web_api import MAX_BODY_BYTES
 from app.web_auth import SESSION_COOKIE, SESSION_IDLE_TIMEOUT_S
+from tests.app_support import FakeClock
 from tests.component.test_app import SETTINGS
 from tests.support_pg import pg_dsn, pg_server
 
@@ -35,25 +36,6 @@ PASSWORD = "a long password 1"
 FAST = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 XSS = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 V1 = "/api/v1"
-
-
-class FakeClock:
-    """Wall time that moves only when the test says so."""
-
-    def __init__(self, now: float = START_S) -> None:
-        self.now = now
-
-    def wall_now(self) -> float:
-        return self.now
-
-    def boottime(self) -> float:
-        return self.now - START_S
-
-    def monotonic(self) -> float:
-        return self.now - START_S
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass

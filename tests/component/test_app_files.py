@@ -4,6 +4,7 @@ limits, content sniffing, hostile names, download headers, tenant isolation and 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from app import accounts, work
+from app import work
 from app.accounts import Forbidden, NotFound, User
 from app.db import Database
 from app.files import (
@@ -28,14 +29,22 @@ from app.files import (
     store_file,
     tenant_files_dir,
 )
-from tests.app_support import FAST, FakeClock, clock, db, db_url, pg_dsn, pg_server
+from tests.app_support import (
+    FakeClock,
+    People,
+    clock,
+    db,
+    db_url,
+    new_people,
+    pg_dsn,
+    pg_server,
+)
 
 # Fixtures shared from tests.support_pg; pytest finds them as names of this module.
 __all__ = ["clock", "db", "db_url", "pg_dsn", "pg_server"]  # fixtures, for pytest
 
 START_S = 1_700_000_000.0
 DAY_S = 86_400.0
-PASSWORD = "a long password 1"
 MAX_BYTES = 64 * 1024
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(range(256)) * 4
 PDF = b"%PDF-1.7\n" + b"1 0 obj << >> endobj\n" * 500
@@ -52,35 +61,17 @@ def root(tmp_path: Path) -> Path:
 
 
 @dataclass
-class Org:
-    """A tenant with an owner, an admin, two members and a guest, and alice's public space."""
+class Org(People):
+    """The five people of a tenant, and alice's public space."""
 
-    tenant_id: int
-    owner: User
-    admin: User
-    alice: User
-    bob: User
-    guest: User
-    space_id: int
-
-
-async def _add(db: Database, tenant_id: int, owner: User, email: str, role: str) -> User:
-    token = await accounts.invite(db, tenant_id, email, role, owner.id, DAY_S)
-    name = email.partition("@")[0].title()
-    return await accounts.accept_invitation(db, tenant_id, token, name, PASSWORD, hasher=FAST)
+    space_id: int = 0
 
 
 async def new_org(db: Database, clock: FakeClock, name: str) -> Org:
-    tenant, setup = await accounts.create_tenant(db, name, name.title(), "boss@example.com", clock)
-    owner = await accounts.accept_invitation(
-        db, tenant.id, setup, "The Boss", PASSWORD, clock=clock, hasher=FAST
-    )
-    admin = await _add(db, tenant.id, owner, "admin@example.com", "admin")
-    alice = await _add(db, tenant.id, owner, "alice@example.com", "member")
-    bob = await _add(db, tenant.id, owner, "bob@example.com", "member")
-    guest = await _add(db, tenant.id, owner, "gus@example.com", "guest")
-    space = await work.create_space(db, tenant.id, alice, "general")
-    return Org(tenant.id, owner, admin, alice, bob, guest, space.id)
+    people = await new_people(db, clock, name)
+    space = await work.create_space(db, people.tenant_id, people.alice, "general")
+    fields = {f.name: getattr(people, f.name) for f in dataclasses.fields(people)}
+    return Org(**fields, space_id=space.id)
 
 
 @pytest.fixture

@@ -14,45 +14,30 @@ from app.accounts import AlreadyExists, Forbidden, NotFound, PolicyViolation, Us
 from app.db import Database
 from app.ids import MAX_ID
 from app.markup import render
-from tests.app_support import FAST, FakeClock, clock, db, db_url, pg_dsn, pg_server
+from tests.app_support import (
+    FakeClock,
+    People,
+    clock,
+    db,
+    db_url,
+    new_people,
+    pg_dsn,
+    pg_server,
+)
 
 # Fixtures shared from tests.support_pg; pytest finds them as names of this module.
 __all__ = ["clock", "db", "db_url", "pg_dsn", "pg_server"]  # fixtures, for pytest
 
 START_S = 1_700_000_000.0
 DAY_S = 86_400.0
-PASSWORD = "a long password 1"
 XSS = '<script>alert("x")</script><img src=x onerror=alert(1)> javascript:alert(1)'
 
 
-@dataclass
-class Org:
-    """A tenant with an owner, an admin, two members and a guest."""
-
-    tenant_id: int
-    owner: User
-    admin: User
-    alice: User
-    bob: User
-    guest: User
-
-
-async def _add(db: Database, tenant_id: int, owner: User, email: str, role: str) -> User:
-    token = await accounts.invite(db, tenant_id, email, role, owner.id, DAY_S)
-    name = email.partition("@")[0].title()
-    return await accounts.accept_invitation(db, tenant_id, token, name, PASSWORD, hasher=FAST)
+Org = People
 
 
 async def new_org(db: Database, clock: FakeClock, name: str) -> Org:
-    tenant, setup = await accounts.create_tenant(db, name, name.title(), "boss@example.com", clock)
-    owner = await accounts.accept_invitation(
-        db, tenant.id, setup, "The Boss", PASSWORD, clock=clock, hasher=FAST
-    )
-    admin = await _add(db, tenant.id, owner, "admin@example.com", "admin")
-    alice = await _add(db, tenant.id, owner, "alice@example.com", "member")
-    bob = await _add(db, tenant.id, owner, "bob@example.com", "member")
-    guest = await _add(db, tenant.id, owner, "gus@example.com", "guest")
-    return Org(tenant.id, owner, admin, alice, bob, guest)
+    return await new_people(db, clock, name)
 
 
 @pytest.fixture
