@@ -141,6 +141,15 @@ _REMOTE: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+def _agent_urls(urls: list[str] | None, config_path: str) -> list[str] | None:
+    """The agents to ask: those given with --url, else every agent of the config (None when
+    the config is not valid; its errors are printed)."""
+    if urls:
+        return urls
+    config = _load(config_path)
+    return None if config is None else [s.agent_url for s in config.servers]
+
+
 def _load(path: str) -> ClusterConfig | None:
     try:
         return load_config(path)
@@ -168,12 +177,10 @@ def _agent(config: ClusterConfig, server: str, log_level: str) -> int:
 
 
 def _status(urls: list[str] | None, config_path: str, as_json: bool) -> int:
-    if not urls:
-        config = _load(config_path)
-        if config is None:
-            print("moonwatch status: give --url or a valid --config", file=sys.stderr)
-            return EXIT_USAGE
-        urls = [s.agent_url for s in config.servers]
+    urls = _agent_urls(urls, config_path)
+    if urls is None:
+        print("moonwatch status: give --url or a valid --config", file=sys.stderr)
+        return EXIT_USAGE
     try:
         source, doc = fetch_status(urls)
     except StatusUnavailable as exc:
@@ -184,11 +191,9 @@ def _status(urls: list[str] | None, config_path: str, as_json: bool) -> int:
 
 
 def _explain(decision_id: str, config_path: str, urls: list[str] | None) -> int:
-    if not urls:
-        config = _load(config_path)
-        if config is None:
-            return EXIT_USAGE
-        urls = [s.agent_url for s in config.servers]
+    urls = _agent_urls(urls, config_path)
+    if urls is None:
+        return EXIT_USAGE
     try:
         status, doc = fetch_json(urls, f"/v1/decisions/{decision_id}")
     except StatusUnavailable as exc:
@@ -202,11 +207,9 @@ def _explain(decision_id: str, config_path: str, urls: list[str] | None) -> int:
 
 
 def _stops(config_path: str, urls: list[str] | None, as_json: bool) -> int:
-    if not urls:
-        config = _load(config_path)
-        if config is None:
-            return EXIT_USAGE
-        urls = [s.agent_url for s in config.servers]
+    urls = _agent_urls(urls, config_path)
+    if urls is None:
+        return EXIT_USAGE
     try:
         status, doc = fetch_json(urls, "/v1/stops")
     except StatusUnavailable as exc:
