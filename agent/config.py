@@ -42,6 +42,9 @@ from agent.config_rules import (
 )
 
 MIN_RAFT_PASSWORD_LEN = 8
+# What the hosted app accepts as a slot's database URL, and its upload limit's range.
+DATABASE_SCHEMES = ("postgresql://", "postgres://")
+MAX_UPLOAD_MB = 4096
 
 Name = Annotated[str, Strict(), AfterValidator(check_name)]
 Tenant = Annotated[str, Strict(), AfterValidator(check_tenant)]
@@ -101,6 +104,11 @@ class SlotConfig(_FrozenModel):
     name: Name
     owner: Name
     tenants: tuple[Tenant, ...]
+    # The slot's data in PostgreSQL (a postgresql:// URL, given like a secret: literally, as
+    # `database_url_file` or `database_url_env`); none: SQLite under the slot's data directory.
+    database_url_file: FileName | None = None
+    database_url_env: EnvVarName | None = None
+    database_url: SecretStr | None = Field(default=None, validate_default=True)
 
     @field_validator("tenants")
     @classmethod
@@ -108,6 +116,19 @@ class SlotConfig(_FrozenModel):
         if not tenants:
             raise ValueError("need at least one tenant")
         return tenants
+
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _resolve_database_url(cls, literal: object, info: ValidationInfo) -> str | None:
+        if "database_url_file" not in info.data or "database_url_env" not in info.data:
+            return None  # that field's own error is already reported
+        file, env_var = info.data["database_url_file"], info.data["database_url_env"]
+        if literal is None and file is None and env_var is None:
+            return None
+        value = _resolve_secret("database_url", literal, file, env_var, info.context)
+        if not value.startswith(DATABASE_SCHEMES) or len(value) <= len("postgres://"):
+            raise ValueError("must be a postgresql://user:password@host:port/database URL")
+        return value
 
 
 class TimingConfig(_FrozenModel):
@@ -225,6 +246,13 @@ class ThrottleConfig(_FrozenModel):
         return self
 
 
+class AppConfig(_FrozenModel):
+    """Settings of the hosted collaboration service, passed to every instance the agent runs."""
+
+    # The largest file a user may upload, in MiB.
+    max_upload_mb: int = Field(default=25, ge=1, le=MAX_UPLOAD_MB)
+
+
 class MqttConfig(_FrozenModel):
     """The MQTT broker that carries traffic reports (the agents fall back to HTTP without it)."""
 
@@ -319,6 +347,7 @@ class ClusterConfig(_FrozenModel):
     healing: HealingConfig = HealingConfig()
     throttle: ThrottleConfig = ThrottleConfig()
     mqtt: MqttConfig | None = None
+    app: AppConfig = AppConfig()
 
     @field_validator("data_dir", mode="before")
     @classmethod

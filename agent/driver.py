@@ -19,6 +19,8 @@ import structlog
 from agent.clock import Clock, clock_monotonic
 
 _log = structlog.get_logger("moonwatch.driver")
+# The environment variable that carries a slot's database URL to its app instance.
+DATABASE_URL_ENV = "MOONWATCH_DATABASE_URL"
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +36,9 @@ class InstanceSpec:
     tenants: tuple[str, ...]
     data_dir: Path
     overlap_log: Path | None = None
+    # postgresql://... (a secret: handed over in the environment, never in argv or repr).
+    database_url: str | None = field(default=None, repr=False)
+    max_upload_mb: int | None = None
 
     @property
     def address(self) -> str:
@@ -152,7 +157,9 @@ class ProcessDriver:
         if spec.overlap_log is not None:
             spec.overlap_log.parent.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", "app", *_app_arguments(spec)]
-        run.proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.PIPE)
+        run.proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.PIPE, env=_app_environment(spec)
+        )
         run.started_at = self._clock.monotonic()
         run.healthy, run.failures, run.next_probe, run.lease_until = False, 0, 0.0, 0.0
         _log.info("instance_started", slot=spec.slot, epoch=spec.epoch, pid=run.proc.pid)
@@ -304,6 +311,15 @@ async def _terminate(proc: asyncio.subprocess.Process, timeout_s: float) -> None
         await proc.wait()
 
 
+def _app_environment(spec: InstanceSpec) -> dict[str, str]:
+    """The agent's environment, plus the slot's database URL where it has one (the app reads
+    it from DATABASE_URL_ENV, so it never shows in the process list)."""
+    env = {k: v for k, v in os.environ.items() if k != DATABASE_URL_ENV}
+    if spec.database_url is not None:
+        env[DATABASE_URL_ENV] = spec.database_url
+    return env
+
+
 def _app_arguments(spec: InstanceSpec) -> list[str]:
     args = [
         "--slot", spec.slot, "--server", spec.server, "--epoch", str(spec.epoch),
@@ -313,6 +329,8 @@ def _app_arguments(spec: InstanceSpec) -> list[str]:
     ]  # fmt: skip
     if spec.overlap_log is not None:
         args += ["--overlap-log", str(spec.overlap_log)]
+    if spec.max_upload_mb is not None:
+        args += ["--max-upload-mb", str(spec.max_upload_mb)]
     for tenant in spec.tenants:
         args += ["--tenant", tenant]
     return args

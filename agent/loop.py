@@ -289,6 +289,7 @@ class DecisionLoop:
 
     def _spec(self, slot: str, epoch: int, tenants: tuple[str, ...]) -> InstanceSpec:
         me = self._config.server(self._server)
+        url = self._config.slot(slot).database_url
         return InstanceSpec(
             slot=slot,
             epoch=epoch,
@@ -299,6 +300,8 @@ class DecisionLoop:
             tenants=tenants,
             data_dir=self._config.data_dir / "slots" / slot,
             overlap_log=self._config.data_dir / "overlap" / f"{slot}.log",
+            database_url=None if url is None else url.get_secret_value(),
+            max_upload_mb=self._config.app.max_upload_mb,
         )
 
 

@@ -8,11 +8,13 @@ directory, so the agent never imports the app's internals.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from typing import Any
 
 from agent.config import ClusterConfig
+from agent.driver import DATABASE_URL_ENV
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -44,18 +46,25 @@ def tenant_create(
     ]
     if display_name:
         command += ["--display-name", display_name]
-    done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=60)
+    env = {k: v for k, v in os.environ.items() if k != DATABASE_URL_ENV}
+    database_url = config.slot(slot).database_url
+    if database_url is not None:
+        env[DATABASE_URL_ENV] = database_url.get_secret_value()
+    done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=60, env=env)
     answer = _last_json(done.stdout)
     if done.returncode != 0 or "setup_token" not in answer:
         why = answer.get("error") or done.stderr.strip() or f"exit code {done.returncode}"
         print(f"moonwatch tenant create: {why}", file=sys.stderr)
         return EXIT_FAILED
-    edge = config.servers[0]
-    url = f"http://{name}.{config.base_domain}:{edge.edge_port}/api/v1/invitations/accept"
+    site = f"http://{name}.{config.base_domain}:{config.servers[0].edge_port}"
+    token = answer["setup_token"]
     print(f"created tenant {name} in slot {slot}")
-    print(f"one-time setup token for {admin_email} (valid 72 h, shown only now):")
-    print(f"  {answer['setup_token']}")
-    print(f'the owner sets a password with: POST {url} {{"token", "display_name", "password"}}')
+    print(f"one-time setup link for {admin_email} (valid 72 h, shown only now):")
+    print(f"  {site}/join?token={token}")
+    print(
+        f"or by API: POST {site}/api/v1/invitations/accept "
+        f'{{"token": "{token}", "display_name", "password"}}'
+    )
     return EXIT_OK
 
 

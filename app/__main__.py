@@ -42,6 +42,8 @@ EXIT_BIND_FAILED = 3
 EXIT_DATABASE = 4
 DATABASE_SCHEMES = ("postgresql://", "postgres://")
 MIB = 1024 * 1024
+# Where the supervising agent puts the slot's database URL (argv is readable by every user).
+DATABASE_URL_ENV = "MOONWATCH_DATABASE_URL"
 MAX_UPLOAD_MB = 4096
 
 # Bound on graceful shutdown: in-flight requests get this long before connections are dropped.
@@ -156,8 +158,10 @@ def _parser() -> argparse.ArgumentParser:
     arg(
         "--database-url",
         type=_database_url,
+        default=os.environ.get(DATABASE_URL_ENV) or None,
         help="keep the slot's data in PostgreSQL (postgresql://...) instead of the SQLite file "
-        "app.sqlite3 under --data-dir",
+        f"app.sqlite3 under --data-dir (default: ${DATABASE_URL_ENV}, which keeps it out of "
+        "the process list)",
     )
     arg(
         "--max-upload-mb",

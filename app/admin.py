@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Final
@@ -25,6 +26,8 @@ from app.migrate import MigrationError, migrate
 
 EXIT_REFUSED: Final = 1
 EXIT_DATABASE: Final = 3
+# Where the agent puts a slot's PostgreSQL URL (the same variable the app itself reads).
+DATABASE_URL_ENV: Final = "MOONWATCH_DATABASE_URL"
 
 
 async def tenant_create(args: argparse.Namespace) -> int:
@@ -56,7 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     create = sub.add_parser("tenant-create", help="create a tenant and its owner")
     create.add_argument("--data-dir", required=True, help="the slot's data directory")
-    create.add_argument("--database-url", help="postgresql://... instead of the SQLite file")
+    create.add_argument(
+        "--database-url",
+        default=os.environ.get(DATABASE_URL_ENV) or None,
+        help=f"postgresql://... instead of the SQLite file (default: ${DATABASE_URL_ENV})",
+    )
     create.add_argument("--name", required=True, help="the tenant's subdomain label")
     create.add_argument("--admin-email", required=True)
     create.add_argument("--display-name")

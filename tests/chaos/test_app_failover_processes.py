@@ -1,5 +1,6 @@
 """Real processes: a message posted through the edge before its slot's owner dies is readable
-through the edge after a spare took the slot over (the spare opens the same slot data)."""
+through the edge after a spare took the slot over (the spare opens the same slot data: the
+SQLite file of the shared data directory, or the slot's PostgreSQL database)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,29 @@ import json
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.chaos.test_replacement_processes import Harness, harness, served_by_other
-from tests.support import wait_until
+from agent.cli import main as moonwatch
+from agent.clock import SystemClock
+from agent.config import load_config
+from agent.launcher import LocalCluster
+from tests.chaos.test_replacement_processes import (
+    Harness,
+    app_children,
+    five_servers,
+    harness,
+    served_by_other,
+)
+from tests.support import wait_until, write_config
+from tests.support_pg import PostgresServer, pg_server
 
 pytestmark = [pytest.mark.processes, pytest.mark.timeout(150)]
-__all__ = ["harness"]  # the fixture, imported for pytest
+__all__ = ["harness", "pg_server"]  # fixtures, imported for pytest
 
 PASSWORD = "correct horse battery staple"
 
@@ -67,6 +81,30 @@ def provision(h: Harness, tenant: str, slot: str) -> str:
     return str(json.loads(done.stdout.strip().splitlines()[-1])["setup_token"])
 
 
+@pytest.fixture
+async def pg_harness(
+    tmp_path: Path, pg_server: PostgresServer
+) -> AsyncIterator[tuple[Harness, Path]]:
+    """The five-server cluster with every slot's data in its own PostgreSQL database."""
+    config = five_servers(3)(tmp_path / "data")
+    dsns = [pg_server.create_database() for _ in config["slots"]]
+    for slot, dsn in zip(config["slots"], dsns, strict=True):
+        # The test server trusts loopback, so any password works: this one must never leak.
+        slot["database_url"] = dsn.replace("postgres@", "postgres:test-pg-password@", 1)
+    path = write_config(tmp_path / "cluster.yml", config)
+    cluster = LocalCluster(path, load_config(path), SystemClock())
+    try:
+        await cluster.start()
+        assert not await cluster.wait_ready(30), f"not ready; logs in {cluster.log_dir}"
+        assert await cluster.wait_serving(30), f"not serving; logs in {cluster.log_dir}"
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0)) as http:
+            yield Harness(cluster, http), path
+    finally:
+        await cluster.stop(timeout_s=10.0)
+        for dsn in dsns:
+            pg_server.drop_database(dsn.rpartition("/")[2])
+
+
 async def test_a_message_posted_before_the_owner_dies_is_read_after_the_failover(
     harness: Harness,
 ) -> None:
@@ -74,9 +112,33 @@ async def test_a_message_posted_before_the_owner_dies_is_read_after_the_failover
     leader = await h.leader()
     victim = next(n for n in ("a1", "a2", "a3") if n != leader)
     slot = next(s for s in (await h.status())["slots"] if s["owner"] == victim)
+    await survives_failover(h, victim, slot, provision(h, slot["tenants"][0], slot["name"]))
+
+
+async def test_on_postgresql_too_and_the_password_stays_out_of_argv(
+    pg_harness: tuple[Harness, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    h, config_path = pg_harness
+    leader = await h.leader()
+    victim = next(n for n in ("a1", "a2", "a3") if n != leader)
+    slot = next(s for s in (await h.status())["slots"] if s["owner"] == victim)
+    tenant = slot["tenants"][0]
+    argv = ["tenant", "create", tenant, "--admin-email", "o@example.test"]
+    assert moonwatch([*argv, "--config", str(config_path)]) == 0
+    link = next(line for line in capsys.readouterr().out.splitlines() if "/join?token=" in line)
+    for agent in h.cluster.alive():
+        for child in app_children(h.cluster.servers[agent].process.pid):
+            assert "test-pg-password" not in " ".join(child.cmdline())
+    assert not (h.cluster.config.data_dir / "slots" / slot["name"] / "app.sqlite3").exists()
+    await survives_failover(h, victim, slot, link.rpartition("token=")[2])
+
+
+async def survives_failover(h: Harness, victim: str, slot: dict[str, Any], token: str) -> None:
+    """Post a message as the tenant's new owner, SIGKILL ``victim`` (the slot's owner), and
+    read the message back through the edge once another server serves the slot."""
+    leader = await h.leader()
     tenant = slot["tenants"][0]
     person = Client(h, tenant)
-    token = provision(h, tenant, slot["name"])
 
     body = {"token": token, "display_name": "Owner", "password": PASSWORD}
     status, _ = await person.call("POST", "/invitations/accept", leader, body)

@@ -17,7 +17,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from app.__main__ import EXIT_DATABASE, main, parse_settings
+from agent.driver import InstanceSpec
+from app.__main__ import DATABASE_URL_ENV, EXIT_DATABASE, main, parse_settings
 from app.accounts import create_tenant, tenant_by_name
 from app.clock import SystemClock
 from app.db import open_database, sqlite_path
@@ -230,6 +231,27 @@ def test_database_url_is_parsed() -> None:
     dsn = "postgresql://app@db.example:5432/slot1"
     assert parse_settings([*GOOD_ARGS, "--database-url", dsn]).database_url == dsn
     assert parse_settings(GOOD_ARGS).database_url is None
+
+
+def test_database_url_comes_from_the_environment_the_agent_sets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    dsn = "postgresql://app:pw@db.example:5432/slot1"
+    monkeypatch.setenv(DATABASE_URL_ENV, dsn)
+    assert parse_settings(GOOD_ARGS).database_url == dsn
+    other = "postgresql://app@elsewhere/slot1"
+    assert parse_settings([*GOOD_ARGS, "--database-url", other]).database_url == other
+    spec = InstanceSpec("s1", 1, "m1", "127.0.0.1", 1, "localhost", ("t",), Path("d"), None, dsn)
+    assert "pw@" not in repr(spec)
+
+
+def test_a_bad_database_url_in_the_environment_exits_2_without_its_password(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(DATABASE_URL_ENV, "mysql://a:s3cret@h/d")
+    assert main(GOOD_ARGS) == 2
+    err = capsys.readouterr().err
+    assert "invalid database URL" in err and "s3cret" not in err
 
 
 @pytest.mark.parametrize("url", ["sqlite:///tmp/x.db", "mysql://a:s3cret@h/d", "postgres://"])

@@ -24,7 +24,8 @@ def test_a_configured_tenant_is_created_once_with_a_setup_link(
     assert main([*argv, "--config", str(config_path)]) == 0
     out = capsys.readouterr().out
     assert "created tenant t2x1 in slot s2" in out
-    assert "http://t2x1.localhost:" in out and "/api/v1/invitations/accept" in out
+    assert "http://t2x1.localhost:" in out and "/join?token=" in out
+    assert "/api/v1/invitations/accept" in out
 
     assert main([*argv, "--config", str(config_path)]) == 1
     assert "taken" in capsys.readouterr().err

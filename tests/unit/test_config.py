@@ -24,6 +24,7 @@ from agent.configcheck import check_config_main
 REPO_CLUSTER_YML = Path(__file__).resolve().parents[2] / "cluster.yml"
 DELETE = object()
 ENV = {
+    "DB_URL": "postgresql://app:db-password-from-env@127.0.0.1:5432/slot1",
     "RAFT_PW": "raft-password-from-env",
     "TOKEN": "token-from-env",
     "EMPTY": "",
@@ -303,6 +304,26 @@ MANY_KEY_CASES = [
         "secrets.raft_password_env: '1X' is not a valid environment variable name",
         id="secret-env-bad-name",
     ),
+    P(
+        {"slots[0].database_url": "mysql://u:p@db/x"},
+        "slots[0].database_url: must be a postgresql://user:password@host:port/database URL",
+        id="database-url-not-postgres",
+    ),
+    P(
+        {"slots[0].database_url_env": "NOT_SET"},
+        "slots[0].database_url: database_url_env names 'NOT_SET', which is not set",
+        id="database-url-env-unset",
+    ),
+    P(
+        {"slots[0].database_url": "postgresql://a@b/c", "slots[0].database_url_env": "DB_URL"},
+        "slots[0].database_url: give exactly one of database_url, database_url_file,",
+        id="database-url-twice",
+    ),
+    P(
+        {"app.max_upload_mb": 0},
+        "app.max_upload_mb: Input should be greater than or equal to 1",
+        id="upload-limit-zero",
+    ),
 ]
 
 
@@ -436,6 +457,15 @@ def test_secrets_from_files_and_env(secret_dir: Path) -> None:
     assert config.secrets.raft_password_file == "raft.txt"
     assert config.secrets.api_token_env == "TOKEN"
     assert "from-file" not in repr(config) and "from-env" not in repr(config)
+
+
+def test_a_slot_database_url_is_a_secret_from_the_environment(tmp_path: Path) -> None:
+    config = load(with_changes({"slots[0].database_url_env": "DB_URL"}), tmp_path)
+    url = config.slots[0].database_url
+    assert url is not None and url.get_secret_value() == ENV["DB_URL"]
+    assert config.slots[1].database_url is None
+    assert "db-password-from-env" not in repr(config)
+    assert config.app.max_upload_mb == 25
 
 
 def test_secret_file_path_may_be_absolute(
