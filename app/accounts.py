@@ -4,17 +4,13 @@ Every query names its tenant (``tenant_id = ?``), so nothing here reads or write
 tenant's rows: a token, invitation or user id of one tenant is simply not found in another.
 Secrets are stored only as hashes (``app.tokens``, ``app.passwords``); *_at are unix ms.
 
-Sign-in and sessions live in ``app.sessions``, API tokens in ``app.api_tokens``, and the records,
+Sign-in and sessions live in ``app.sessions``, API tokens in ``app.api_tokens``, invitations in
+``app.invitations``, and the records,
 errors and input rules all three share in ``app.people``; every public name is re-exported here.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from argon2 import PasswordHasher
-
-from app import tokens
 from app.api_tokens import (
     MAX_TOKEN_NAME,
     ApiTokenInfo,
@@ -26,9 +22,18 @@ from app.api_tokens import (
 from app.clock import Clock
 from app.db import Conflict, Database
 from app.ids import new_id
-from app.passwords import PASSWORD_HASHER, hash_password
+from app.invitations import (
+    InvitationInfo,
+    accept_invitation,
+    insert_invitation,
+    invite,
+    list_invitations,
+    open_invitation,
+    withdraw_invitation,
+)
 from app.people import (
     LAST_SEEN_STEP_MS,
+    LIST_LIMIT_MAX,
     MANAGERS,
     MAX_DISPLAY_NAME,
     MAX_EMAIL,
@@ -45,10 +50,8 @@ from app.people import (
     Tenant,
     User,
     UserPage,
-    check_password,
     checked_role,
     clean_display_name,
-    duration_ms,
     get_user,
     normalize_email,
     now_ms,
@@ -62,9 +65,12 @@ from app.sessions import (
     MAX_USER_AGENT,
     SessionInfo,
     authenticate,
+    change_password,
     create_session,
+    current_session_id,
     list_sessions,
     revoke_all_sessions,
+    revoke_other_sessions,
     revoke_session,
     revoke_session_by_id,
     session_user,
@@ -88,6 +94,7 @@ __all__ = [
     "Forbidden",
     "InvalidCredentials",
     "InvitationExpired",
+    "InvitationInfo",
     "InvitationUsed",
     "NotFound",
     "PolicyViolation",
@@ -98,18 +105,24 @@ __all__ = [
     "UserPage",
     "accept_invitation",
     "authenticate",
+    "change_password",
     "create_api_token",
     "create_session",
     "create_tenant",
+    "current_session_id",
     "deactivate",
     "get_user",
     "invite",
     "list_api_tokens",
+    "list_invitations",
     "list_sessions",
     "list_users",
     "normalize_email",
+    "open_invitation",
+    "reactivate",
     "revoke_all_sessions",
     "revoke_api_token",
+    "revoke_other_sessions",
     "revoke_session",
     "revoke_session_by_id",
     "session_user",
@@ -117,20 +130,13 @@ __all__ = [
     "tenant_by_name",
     "token_user",
     "update_profile",
+    "withdraw_invitation",
 ]
 
 SETUP_INVITATION_TTL_S = 72 * 3600
-LIST_LIMIT_MAX = 100
 
 
 # ---------------------------------------------------------------- shared queries
-
-
-async def _email_taken(db: Database, tenant_id: int, email: str) -> bool:
-    found = await db.fetchval(
-        "SELECT 1 FROM users WHERE tenant_id = ? AND lower(email) = ?", tenant_id, email
-    )
-    return found is not None
 
 
 async def _lock_tenant(tx: Database, tenant_id: int) -> None:
@@ -147,18 +153,6 @@ async def _other_active_owners(tx: Database, tenant_id: int, user_id: int) -> in
         user_id,
     )
     return int(count)
-
-
-async def _insert_invitation(
-    db: Database, tenant_id: int, email: str, role: Role, by: int | None, now: int, ttl_ms: int
-) -> str:
-    plain, digest = tokens.new_token()
-    await db.execute(
-        "INSERT INTO invitations (id, tenant_id, token_hash, email, role, created_by,"
-        " created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        *(new_id(), tenant_id, digest, email, role, by, now, now + ttl_ms),
-    )
-    return plain
 
 
 # ---------------------------------------------------------------- tenants
@@ -187,7 +181,7 @@ async def create_tenant(
                 *(new_id(), tenant.id, email, email.partition("@")[0], now),
             )
             ttl_ms = SETUP_INVITATION_TTL_S * 1000
-            token = await _insert_invitation(tx, tenant.id, email, "owner", None, now, ttl_ms)
+            token = await insert_invitation(tx, tenant.id, email, "owner", None, now, ttl_ms)
     except Conflict:
         raise AlreadyExists("that workspace name is taken") from None
     return tenant, token
@@ -199,116 +193,6 @@ async def tenant_by_name(db: Database, name: str) -> Tenant | None:
         "SELECT id, name, display_name, created_at FROM tenants WHERE name = ?", name
     )
     return None if row is None else tenant_from_row(row)
-
-
-# ---------------------------------------------------------------- invitations
-
-
-async def invite(
-    db: Database,
-    tenant_id: int,
-    email: str,
-    role: str,
-    by_user: int,
-    ttl_s: float,
-    *,
-    clock: Clock | None = None,
-) -> str:
-    """Invite ``email`` as ``role``; return the plain token (single-use, expires after
-    ``ttl_s``). Owners and admins may invite; only an owner may invite an owner."""
-    address, wanted = normalize_email(email), checked_role(role)
-    ttl_ms = duration_ms(ttl_s, "ttl_s")
-    actor = await require_manager(db, tenant_id, by_user)
-    if wanted == "owner" and actor.role != "owner":
-        raise Forbidden("only an owner may invite an owner")
-    if await _email_taken(db, tenant_id, address):
-        raise AlreadyExists("someone in this workspace has that e-mail address already")
-    return await _insert_invitation(db, tenant_id, address, wanted, actor.id, now_ms(clock), ttl_ms)
-
-
-async def _open_invitation(db: Database, tenant_id: int, token: str, now: int) -> dict[str, Any]:
-    row: dict[str, Any] | None = None
-    if tokens.plausible_token(token):
-        row = await db.fetchrow(
-            "SELECT id, email, role, expires_at, used_at FROM invitations"
-            " WHERE tenant_id = ? AND token_hash = ?",
-            tenant_id,
-            tokens.token_hash(token),
-        )
-    if row is None:
-        raise NotFound("this invitation link is not valid")
-    if row["used_at"] is not None:
-        raise InvitationUsed("this invitation has been used already")
-    if int(row["expires_at"]) <= now:
-        raise InvitationExpired("this invitation has expired: ask for a new one")
-    return row
-
-
-async def _claim_invitation(tx: Database, tenant_id: int, invitation_id: int, now: int) -> None:
-    claimed = await tx.execute(
-        "UPDATE invitations SET used_at = ?"
-        " WHERE tenant_id = ? AND id = ? AND used_at IS NULL AND expires_at > ?",
-        *(now, tenant_id, invitation_id, now),
-    )
-    if claimed != 1:  # accepted by a concurrent request since we looked
-        raise InvitationUsed("this invitation has been used already")
-
-
-async def _join(
-    tx: Database, tenant_id: int, invitation: dict[str, Any], name: str, digest: str, now: int
-) -> int:
-    """Give the invited address an account: complete a passwordless one (the owner's setup),
-    or create it. Returns the user id."""
-    email = str(invitation["email"])
-    row = await tx.fetchrow(
-        "SELECT id, active, password_hash FROM users WHERE tenant_id = ? AND lower(email) = ?",
-        tenant_id,
-        email,
-    )
-    if row is None:
-        user_id = new_id()
-        await tx.execute(
-            "INSERT INTO users (id, tenant_id, email, display_name, role, password_hash,"
-            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            *(user_id, tenant_id, email, name, invitation["role"], digest, now),
-        )
-        return user_id
-    if row["password_hash"] is not None or not row["active"]:
-        raise AlreadyExists("this workspace has an account with that e-mail address already")
-    await tx.execute(
-        "UPDATE users SET display_name = ?, password_hash = ? WHERE tenant_id = ? AND id = ?",
-        *(name, digest, tenant_id, row["id"]),
-    )
-    return int(row["id"])
-
-
-async def accept_invitation(
-    db: Database,
-    tenant_id: int,
-    token: str,
-    display_name: str,
-    password: str,
-    *,
-    clock: Clock | None = None,
-    hasher: PasswordHasher = PASSWORD_HASHER,
-) -> User:
-    """Accept an invitation: the user gets ``display_name`` and ``password`` and is returned.
-
-    Raises NotFound (unknown token), InvitationUsed, InvitationExpired, PolicyViolation or
-    AlreadyExists, each without changing anything; an invitation is accepted at most once.
-    """
-    name = clean_display_name(display_name)
-    check_password(password)
-    invitation = await _open_invitation(db, tenant_id, token, now_ms(clock))
-    digest = await hash_password(password, hasher=hasher)  # slow: outside the transaction
-    now = now_ms(clock)
-    async with db.transaction() as tx:
-        await _claim_invitation(tx, tenant_id, int(invitation["id"]), now)
-        try:
-            user_id = await _join(tx, tenant_id, invitation, name, digest, now)
-        except Conflict:  # the address joined through another invitation meanwhile
-            raise AlreadyExists("this workspace has an account with that e-mail already") from None
-    return await get_user(db, tenant_id, user_id)
 
 
 # ---------------------------------------------------------------- managing users
@@ -341,6 +225,20 @@ async def deactivate(
                 " WHERE tenant_id = ? AND user_id = ? AND revoked_at IS NULL",
                 *(now, tenant_id, user_id),
             )
+    return await get_user(db, tenant_id, user_id)
+
+
+async def reactivate(db: Database, tenant_id: int, user_id: int, by: int) -> User:
+    """Let a deactivated user sign in again (idempotent); their old sessions and API tokens
+    stay revoked. Only an owner or admin may; only an owner may reactivate an owner."""
+    async with db.transaction() as tx:
+        actor = await require_manager(tx, tenant_id, by)
+        target = await get_user(tx, tenant_id, user_id)
+        if target.role == "owner" and actor.role != "owner":
+            raise Forbidden("only an owner may reactivate an owner")
+        await tx.execute(
+            "UPDATE users SET active = 1 WHERE tenant_id = ? AND id = ?", tenant_id, user_id
+        )
     return await get_user(db, tenant_id, user_id)
 
 

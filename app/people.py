@@ -16,6 +16,8 @@ ROLES: tuple[Role, ...] = get_args(Role)
 MANAGERS: frozenset[str] = frozenset({"owner", "admin"})
 LAST_SEEN_STEP_MS = 60_000  # last_seen_at / last_used_at move at most once a minute
 MAX_DISPLAY_NAME = 100
+# The most rows one page of a people list (users, invitations) holds.
+LIST_LIMIT_MAX = 100
 MAX_EMAIL = 254
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
-from app import pages, web_api
+from app import pages, web_api, web_pages
 from app.clock import Clock, SystemClock
 from app.db import Database, DatabaseError
 from app.fence import GateStatus, RequestGate
@@ -116,13 +116,6 @@ class _Site:
             return _unready(f"the database is unavailable: {exc}")
         return web.json_response({"status": "ready", "database": self._db.dialect})
 
-    async def home(self, request: web.Request) -> web.Response:
-        tenant = self._tenant(request)
-        if tenant is None:
-            raise web.HTTPNotFound
-        s = self._settings
-        return _html(pages.tenant_home(tenant, s.slot, s.server, s.epoch), 200)
-
     @web.middleware
     async def fence_tenant_requests(
         self, request: web.Request, handler: Handler
@@ -161,17 +154,20 @@ def build_app(
 ) -> web.Application:
     """Build the aiohttp application for one slot; ``started_at`` is read from ``clock`` now.
 
+    It serves the probes, the workspaces' HTML pages (``app.web_pages``) and their JSON API.
+
     ``gate`` decides whether tenant requests are served (default: always); ``db`` is the slot's
     open database, which /readyz probes (without one, /readyz answers 503).
     """
     clock = clock or SystemClock()
     site = _Site(settings, clock.wall_now(), gate or _AlwaysServing(), db)
     api = web_api.WebApi(clock, db, site._tenant, settings)
+    html = web_pages.HtmlPages(clock, db, site._tenant, settings)
     middlewares = [site.fence_tenant_requests, site.not_found_pages, api.errors]
     app = web.Application(middlewares=middlewares)
     app.on_response_prepare.append(site.stamp_instance)
     app.router.add_get(HEALTH_PATH, site.healthz)
     app.router.add_get(READY_PATH, site.readyz)
-    app.router.add_get("/", site.home)
+    html.setup(app)  # the landing page at "/" and every other HTML page
     api.add_routes(app.router)
     return app

@@ -11,12 +11,19 @@ from app import tokens
 from app.clock import Clock
 from app.db import Database
 from app.ids import new_id
-from app.passwords import PASSWORD_HASHER, PASSWORD_MAX_LENGTH, dummy_verify, verify_password
+from app.passwords import (
+    PASSWORD_HASHER,
+    PASSWORD_MAX_LENGTH,
+    dummy_verify,
+    hash_password,
+    verify_password,
+)
 from app.people import (
     LAST_SEEN_STEP_MS,
     InvalidCredentials,
     NotFound,
     User,
+    check_password,
     duration_ms,
     find_user,
     now_ms,
@@ -189,3 +196,82 @@ async def list_sessions(
         *(tenant_id, user_id, now_ms(clock)),
     )
     return [SessionInfo(**row) for row in rows]
+
+
+async def current_session_id(db: Database, tenant_id: int, token: str) -> int | None:
+    """The id of a token's session (as ``list_sessions`` shows it), or None when unknown here."""
+    if not tokens.plausible_token(token):
+        return None
+    found = await db.fetchval(
+        "SELECT id FROM sessions WHERE tenant_id = ? AND token_hash = ?",
+        tenant_id,
+        tokens.token_hash(token),
+    )
+    return None if found is None else int(found)
+
+
+def _kept_hash(keep_token: str | None) -> str:
+    """The hash of the session to keep; a value no stored hash equals when there is none."""
+    if keep_token is None or not tokens.plausible_token(keep_token):
+        return ""
+    return tokens.token_hash(keep_token)
+
+
+async def _revoke_others(db: Database, tenant_id: int, user_id: int, keep: str, now: int) -> int:
+    return await db.execute(
+        "UPDATE sessions SET revoked_at = ?"
+        " WHERE tenant_id = ? AND user_id = ? AND revoked_at IS NULL AND token_hash <> ?",
+        *(now, tenant_id, user_id, keep),
+    )
+
+
+async def revoke_other_sessions(
+    db: Database, tenant_id: int, user_id: int, keep_token: str, *, clock: Clock | None = None
+) -> int:
+    """Revoke every session of a user but the one of ``keep_token`` ("sign out everywhere
+    else"); return how many were live."""
+    return await _revoke_others(db, tenant_id, user_id, _kept_hash(keep_token), now_ms(clock))
+
+
+async def change_password(
+    db: Database,
+    tenant_id: int,
+    user_id: int,
+    current: str,
+    new: str,
+    *,
+    keep_token: str | None = None,
+    clock: Clock | None = None,
+    hasher: PasswordHasher = PASSWORD_HASHER,
+) -> int:
+    """Give an active user the password ``new`` once ``current`` checks out, and revoke their
+    other sessions (all but ``keep_token``'s); return how many were revoked.
+
+    PolicyViolation when ``new`` breaks the policy, InvalidCredentials when ``current`` is
+    wrong (or the user is inactive, or the password changed meanwhile); nothing changes then.
+    Hashing and verifying run off the event loop.
+    """
+    check_password(new)
+    refused = InvalidCredentials("the current password is wrong")
+    if len(current) > PASSWORD_MAX_LENGTH:
+        raise refused
+    row = await db.fetchrow(
+        "SELECT password_hash, active FROM users WHERE tenant_id = ? AND id = ?",
+        tenant_id,
+        user_id,
+    )
+    if row is None or not row["active"] or row["password_hash"] is None:
+        await dummy_verify(current, hasher=hasher)
+        raise refused
+    if not (await verify_password(str(row["password_hash"]), current, hasher=hasher)).ok:
+        raise refused
+    digest = await hash_password(new, hasher=hasher)
+    async with db.transaction() as tx:
+        changed = await tx.execute(
+            "UPDATE users SET password_hash = ?"
+            " WHERE tenant_id = ? AND id = ? AND password_hash = ? AND active = 1",
+            *(digest, tenant_id, user_id, row["password_hash"]),
+        )
+        if changed != 1:
+            raise refused
+        return await _revoke_others(tx, tenant_id, user_id, _kept_hash(keep_token), now_ms(clock))

@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """App load benchmark: concurrent clients read threads and post messages through the edge.
 
-A three-server local cluster (real agents, real app instances on SQLite under the slot's data
-directory). One tenant is provisioned with `python -m app.admin`, its owner signs in through
-the API, creates a space and ten threads; then `--clients` clients (50 by default) run for
-`--seconds`, each request either reading a thread's newest messages (GET) or posting a message
-(POST, one in `--write-every`), through the edges of all servers in turn. Printed, and written
-as JSON: requests/s, and p50/p99 latency and error count for reads and for writes.
+A three-server local cluster (real agents, real app instances), once with the slot's data on
+SQLite under its data directory and once on PostgreSQL (a throwaway server started here, when
+the Debian package is installed; `--database` picks one). One tenant is provisioned with
+`python -m app.admin`, its owner signs in through the API, creates a space and ten threads;
+then `--clients` clients (50 by default) run for `--seconds`, each request either reading a
+thread's newest messages (GET) or posting a message (POST, one in `--write-every`), through
+the edges of all servers in turn. Printed, and written as JSON: requests/s, and p50/p99
+latency and error count for reads and for writes, per database.
 
     python scripts/bench/app_load.py --json bench-results/app_load.json
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import random
 import subprocess
@@ -27,14 +30,17 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from agent.clock import SystemClock  # noqa: E402
 from agent.config import load_config  # noqa: E402
+from agent.driver import DATABASE_URL_ENV  # noqa: E402
 from agent.launcher import LocalCluster  # noqa: E402
 from tests.support import cluster_config, write_config  # noqa: E402
+from tests.support_pg import PostgresServer, pg_bin_dir  # noqa: E402
 
 TENANT = "t1x1"
 PASSWORD = "correct horse battery staple"
@@ -116,50 +122,93 @@ async def client(
             ops.errors += 1
 
 
-def provision(data_dir: Path) -> str:
+def provision(data_dir: Path, database_url: str | None) -> str:
+    env = {**os.environ, **({DATABASE_URL_ENV: database_url} if database_url else {})}
     done = subprocess.run(
         [sys.executable, "-m", "app.admin", "tenant-create", "--data-dir",
          str(data_dir / "slots" / "s1"), "--name", TENANT, "--admin-email", "bench@x.test"],
-        capture_output=True, text=True, check=True, timeout=60,
+        capture_output=True, text=True, check=True, timeout=60, env=env,
     )  # fmt: skip
     return str(json.loads(done.stdout.strip().splitlines()[-1])["setup_token"])
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
+def cpu_seconds(cluster: LocalCluster) -> dict[str, float]:
+    """CPU seconds used so far by each agent (edge included), its app instances, and us."""
+    used = {"bench client": sum(psutil.Process().cpu_times()[:2])}
+    for name, server in cluster.servers.items():
+        agent = psutil.Process(server.process.pid)
+        used[f"{name} agent"] = sum(agent.cpu_times()[:2])
+        apps = [c for c in agent.children() if "-m app" in " ".join(c.cmdline())]
+        used[f"{name} apps"] = sum(sum(c.cpu_times()[:2]) for c in apps)
+    return used
+
+
+async def load(args: argparse.Namespace, edges: list[str], token: str) -> tuple[Ops, Ops]:
+    timeout = aiohttp.ClientTimeout(total=10.0)
+    connector = aiohttp.TCPConnector(limit=args.clients * 2)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
+        s = Session(http, edges)
+        threads = await prepare(s, token)
+        reads, writes = Ops(), Ops()
+        until = time.monotonic() + args.seconds
+        await asyncio.gather(
+            *(
+                client(s, threads, until, args.write_every, reads, writes)
+                for _ in range(args.clients)
+            )
+        )
+    return reads, writes
+
+
+async def run(args: argparse.Namespace, database_url: str | None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="moonwatch-app-load-") as tmp:
         data = Path(tmp) / "data"
-        path = write_config(Path(tmp) / "cluster.yml", cluster_config(data, actives=3))
+        config = cluster_config(data, actives=3)
+        if database_url is not None:
+            config["slots"][0]["database_url"] = database_url
+        path = write_config(Path(tmp) / "cluster.yml", config)
         cluster = LocalCluster(path, load_config(path), SystemClock())
         try:
             await cluster.start()
             if await cluster.wait_ready(30) or not await cluster.wait_serving(30):
                 raise RuntimeError(f"cluster did not come up; logs in {cluster.log_dir}")
-            token = provision(data)
+            token = provision(data, database_url)
             edges = [s.edge_url for s in cluster.config.servers]
-            timeout = aiohttp.ClientTimeout(total=10.0)
-            connector = aiohttp.TCPConnector(limit=args.clients * 2)
-            async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
-                s = Session(http, edges)
-                threads = await prepare(s, token)
-                reads, writes = Ops(), Ops()
-                until = time.monotonic() + args.seconds
-                await asyncio.gather(
-                    *(
-                        client(s, threads, until, args.write_every, reads, writes)
-                        for _ in range(args.clients)
-                    )
-                )
+            before = cpu_seconds(cluster)
+            reads, writes = await load(args, edges, token)
+            after = cpu_seconds(cluster)
         finally:
             await cluster.stop(timeout_s=10.0)
     return {
         "machine": platform.node(),
-        "database": "sqlite",
+        "database": "sqlite" if database_url is None else "postgresql",
         "clients": args.clients,
         "seconds": args.seconds,
         "write_every": args.write_every,
         "reads": reads.summary(args.seconds),
         "writes": writes.summary(args.seconds),
+        "cpu_share": {
+            k: round((after[k] - before.get(k, 0.0)) / args.seconds, 2) for k in sorted(after)
+        },
     }
+
+
+def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
+    results = []
+    if args.database in ("sqlite", "both"):
+        results.append(asyncio.run(run(args, None)))
+    if args.database in ("postgresql", "both"):
+        if pg_bin_dir() is None:
+            print("PostgreSQL is not installed here (Debian package postgresql): skipped")
+            return results
+        with tempfile.TemporaryDirectory(prefix="moonwatch-app-load-pg-") as logs:
+            server = PostgresServer(Path(logs))
+            server.start()
+            try:
+                results.append(asyncio.run(run(args, server.create_database())))
+            finally:
+                server.stop()
+    return results
 
 
 def main() -> None:
@@ -168,16 +217,24 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--write-every", type=int, default=5, help="one request in N posts")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--database", choices=("sqlite", "postgresql", "both"), default="both")
     args = parser.parse_args()
-    result = asyncio.run(run(args))
-    print(f"| {result['database']} | requests/s | p50 ms | p99 ms | errors |")
-    print("| --- | --- | --- | --- | --- |")
-    for kind in ("reads", "writes"):
-        r = result[kind]
-        print(f"| {kind} | {r['per_s']} | {r['p50_ms']} | {r['p99_ms']} | {r['errors']} |")
+    results = run_all(args)
+    print("| database | requests | per s | p50 ms | p99 ms | errors |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for result in results:
+        for kind in ("reads", "writes"):
+            r = result[kind]
+            print(
+                f"| {result['database']} | {kind} | {r['per_s']} | {r['p50_ms']} | "
+                f"{r['p99_ms']} | {r['errors']} |"
+            )
+    for result in results:
+        busy = ", ".join(f"{k} {v:.2f}" for k, v in result["cpu_share"].items() if v >= 0.05)
+        print(f"{result['database']}: CPU cores busy during the load: {busy}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":
