@@ -50,8 +50,6 @@ CSP = (
     " frame-ancestors 'none'; base-uri 'none'"
 )
 HSTS = "max-age=31536000"
-# Pages whose address carries a secret (the invitation token): never sent on as a Referer.
-NO_REFERRER_PATHS = frozenset({"/join"})
 CSRF_REFUSED = "This form has expired or did not come from this workspace. Go back and try again."
 CROSS_ORIGIN = "A form of another site may not change anything here."
 _STATUS: tuple[tuple[type[Exception], int], ...] = (
@@ -137,8 +135,9 @@ def protect(request: web.Request, response: web.StreamResponse) -> web.StreamRes
     headers["Content-Security-Policy"] = CSP
     headers["X-Frame-Options"] = "DENY"
     headers["X-Content-Type-Options"] = "nosniff"
-    referrer = "no-referrer" if request.path in NO_REFERRER_PATHS else "same-origin"
-    headers["Referrer-Policy"] = referrer
+    # Never a Referer to another site (the join page's address carries its token). Not
+    # no-referrer: with it, browsers send "Origin: null" on the page's own form posts.
+    headers["Referrer-Policy"] = "same-origin"
     headers[hdrs.CACHE_CONTROL] = "no-store"
     if forwarded_https(request):
         headers["Strict-Transport-Security"] = HSTS

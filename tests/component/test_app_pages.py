@@ -371,7 +371,7 @@ async def test_join_link(
     )
     browser = Browser(client)
     form = await browser.get(f"/join?token={token}")
-    assert form.headers["Referrer-Policy"] == "no-referrer"
+    assert form.headers["Referrer-Policy"] == "same-origin"
     assert "new@example.com" in form.text
     assert form.field("token") == token
     mismatch = await browser.post(
@@ -413,7 +413,7 @@ async def test_expired_and_unknown_join_links(
     clock.advance(DAY_S + 1)
     expired = await Browser(client).get(f"/join?token={token}")
     assert expired.status == 410 and "expired" in expired.text
-    assert expired.headers["Referrer-Policy"] == "no-referrer"
+    assert expired.headers["Referrer-Policy"] == "same-origin"
     browser = Browser(client)
     await browser.get("/login")
     fields = {"csrf": browser.cookies[CSRF_COOKIE], "display_name": "Late"}
