@@ -24,10 +24,15 @@ from agent.stops_api import (
     pin_duration,
     stops_document,
 )
+from agent.tenantcmd import Provisioned, ProvisionError
 from consensus.commands import Command, DrainServer, ReturnServer, SetMode
 from consensus.protocol import Consensus
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Creates a configured tenant: (name, admin e-mail, display name) -> its setup link.
+Provisioner = Callable[[str, str, str | None], Awaitable[Provisioned]]
+# The largest JSON body an operator call takes.
+MAX_OPERATOR_BODY = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +50,8 @@ class ApiContext:
     api_token: str = ""
     # POST /v1/traffic: other agents' traffic reports when the MQTT broker fails them.
     traffic: _Handler | None = None
+    # POST /v1/tenants: provision a configured tenant in its slot's data.
+    provision: Provisioner | None = None
 
 
 def build_api(ctx: ApiContext) -> web.Application:
@@ -64,6 +71,8 @@ def build_api(ctx: ApiContext) -> web.Application:
         app.router.add_post("/v1/traffic", ctx.traffic)
     app.router.add_post("/v1/stops/{subdomain}/lift", api.lift_stop)
     app.router.add_post("/v1/stops/{subdomain}/pin", api.pin_stop)
+    if ctx.provision is not None:
+        app.router.add_post("/v1/tenants", api.create_tenant)
     return app
 
 
@@ -219,6 +228,57 @@ class _Api:
         failed = await _submit_operator(self._ctx, pin_command(subdomain, for_s, reason, wall))
         body_out = {"ok": True, "subdomain": subdomain, "until": wall + for_s, "reason": reason}
         return failed or _json(body_out)
+
+    async def create_tenant(self, request: web.Request) -> web.Response:
+        """Operator: POST {"name", "admin_email", "display_name"?} creates a tenant listed in
+        a slot, with its owner; 201 and the owner's one-time setup link."""
+        denied = _authorize(request, self._ctx.api_token)
+        if denied is not None:
+            return denied
+        body = await _small_object(request)
+        if isinstance(body, web.Response):
+            return body
+        fields = {k: body.get(k) for k in ("name", "admin_email", "display_name")}
+        name, email, display = fields["name"], fields["admin_email"], fields["display_name"]
+        if not isinstance(name, str) or not isinstance(email, str):
+            return _error(400, "name and admin_email are required strings")
+        if display is not None and not isinstance(display, str):
+            return _error(400, "display_name must be a string")
+        assert self._ctx.provision is not None  # the route exists only with a provisioner
+        try:
+            done = await self._ctx.provision(name, email, display)
+        except ProvisionError as exc:
+            return _error(exc.status, str(exc))
+        return _json(
+            {
+                "tenant": done.tenant,
+                "slot": done.slot,
+                "admin_email": done.admin_email,
+                "setup_link": done.setup_link,
+                "setup_token": done.setup_token,
+            },
+            status=201,
+        )
+
+
+def _error(status: int, message: str) -> web.Response:
+    return _json({"error": message, "status": status}, status)
+
+
+async def _small_object(request: web.Request) -> dict[str, Any] | web.Response:
+    """The request's JSON object body, at most MAX_OPERATOR_BODY bytes; else the 4xx answer."""
+    if (request.content_length or 0) > MAX_OPERATOR_BODY:
+        return _error(413, f"the body takes at most {MAX_OPERATOR_BODY} bytes")
+    raw = await request.content.read(MAX_OPERATOR_BODY + 1)
+    if len(raw) > MAX_OPERATOR_BODY:
+        return _error(413, f"the body takes at most {MAX_OPERATOR_BODY} bytes")
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return _error(400, "the body must be a JSON object")
+    if not isinstance(body, dict):
+        return _error(400, "the body must be a JSON object")
+    return body
 
 
 async def _submit_operator(ctx: ApiContext, command: Command) -> web.Response | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import os
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from agent.loop import DecisionLoop
 from agent.metrics import AgentMetrics
 from agent.mqtt import HttpReportPoster, LeaderListening, MqttLink, ReportPublisher
 from agent.reports import Aggregator, IntakeStats, ReportIntake, report_key, traffic_handler
+from agent.tenantcmd import provision
 from agent.traffic import TrafficCounter
 from agent.voters import VoterKeeper, VoterSettings, read_voters
 from agent.watch import Watch
@@ -123,6 +125,7 @@ def build_agent(
             stall_after_s=max(5.0, 20 * config.timing.tick_s),
             api_token=config.secrets.api_token.get_secret_value(),
             traffic=reports.handler,
+            provision=functools.partial(provision, config),
         )
     )
     keeper = VoterKeeper(

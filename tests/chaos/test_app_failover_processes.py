@@ -4,6 +4,7 @@ SQLite file of the shared data directory, or the slot's PostgreSQL database)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -124,7 +125,7 @@ async def test_on_postgresql_too_and_the_password_stays_out_of_argv(
     slot = next(s for s in (await h.status())["slots"] if s["owner"] == victim)
     tenant = slot["tenants"][0]
     argv = ["tenant", "create", tenant, "--admin-email", "o@example.test"]
-    assert moonwatch([*argv, "--config", str(config_path)]) == 0
+    assert await asyncio.to_thread(moonwatch, [*argv, "--config", str(config_path)]) == 0
     link = next(line for line in capsys.readouterr().out.splitlines() if "/join?token=" in line)
     for agent in h.cluster.alive():
         for child in app_children(h.cluster.servers[agent].process.pid):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,8 @@ def test_a_configured_tenant_is_created_once_with_a_setup_link(
 
 async def test_the_tenant_lands_in_its_slots_database(config_path: Path) -> None:
     argv = ["tenant", "create", "t1x2", "--admin-email", "a@example.test"]
-    assert main([*argv, "--config", str(config_path)]) == 0
+    # The CLI runs its own event loop: call it from a thread, as from a shell.
+    assert await asyncio.to_thread(main, [*argv, "--config", str(config_path)]) == 0
     db = await open_database(sqlite_path(config_path.parent / "data" / "slots" / "s1"))
     try:
         tenant = await tenant_by_name(db, "t1x2")
