@@ -80,7 +80,10 @@ class Session:
             if "mw_session" in resp.cookies:
                 self.headers["Cookie"] = f"mw_session={resp.cookies['mw_session'].value}"
             text = await resp.text()
-            return resp.status, json.loads(text) if text else None
+            try:
+                return resp.status, json.loads(text) if text else None
+            except ValueError:  # an edge's or a fenced instance's HTML page: counted as an error
+                return resp.status, None
 
 
 async def prepare(s: Session, setup_token: str) -> list[str]:
