@@ -76,7 +76,7 @@ async def db(db_url: str) -> AsyncIterator[Database]:
 @pytest.fixture
 async def mdb(db: Database) -> Database:
     """A migrated database."""
-    assert await migrate(db, clock=FixedClock()) == ["0001_core"]
+    assert await migrate(db, clock=FixedClock()) == ["0001_core", "0002_security"]
     return db
 
 
@@ -247,10 +247,13 @@ def test_search_match_never_passes_operators() -> None:
 
 
 async def test_migrate_fresh_then_again_applies_nothing(db: Database) -> None:
-    assert await migrate(db, clock=FixedClock()) == ["0001_core"]
+    assert await migrate(db, clock=FixedClock()) == ["0001_core", "0002_security"]
     assert await migrate(db, clock=FixedClock()) == []
     rows = await db.fetch("SELECT version, name, applied_at FROM schema_migrations")
-    assert rows == [{"version": 1, "name": "0001_core", "applied_at": NOW_MS}]
+    assert rows == [
+        {"version": 1, "name": "0001_core", "applied_at": NOW_MS},
+        {"version": 2, "name": "0002_security", "applied_at": NOW_MS},
+    ]
 
 
 async def test_migrate_refuses_a_database_from_newer_code(mdb: Database) -> None:
@@ -265,29 +268,29 @@ async def test_migrate_refuses_a_database_from_newer_code(mdb: Database) -> None
 async def test_migrate_refuses_a_renamed_migration(mdb: Database) -> None:
     renamed = parse_migration("0001_other.sql", "SELECT 1;")
     with pytest.raises(MigrationError, match="recorded as '0001_core'"):
-        await migrate(mdb, migrations=[renamed])
+        await migrate(mdb, migrations=[renamed, *load_migrations()[1:]])
 
 
 async def test_migration_sections_run_on_their_dialect_only(mdb: Database) -> None:
     extra = parse_migration(
-        "0002_extra.sql",
+        "0099_extra.sql",
         "CREATE TABLE extra (\n    id BIGINT PRIMARY KEY,\n"
         "-- sqlite:\n    flavor TEXT NOT NULL DEFAULT 'sqlite'\n"
         "-- postgres:\n    flavor TEXT NOT NULL DEFAULT 'postgres'\n"
         "-- both:\n);\n",
     )
-    assert await migrate(mdb, migrations=[*load_migrations(), extra]) == ["0002_extra"]
+    assert await migrate(mdb, migrations=[*load_migrations(), extra]) == ["0099_extra"]
     await mdb.execute("INSERT INTO extra (id) VALUES (?)", 1)
     assert await mdb.fetchval("SELECT flavor FROM extra") == mdb.dialect
 
 
 async def test_a_failing_migration_leaves_nothing_behind(mdb: Database) -> None:
     broken = parse_migration(
-        "0002_broken.sql", "CREATE TABLE half (id BIGINT);\nSELECT * FROM no_such_table;\n"
+        "0099_broken.sql", "CREATE TABLE half (id BIGINT);\nSELECT * FROM no_such_table;\n"
     )
     with pytest.raises((sqlite3.Error, asyncpg.PostgresError)):
         await migrate(mdb, migrations=[*load_migrations(), broken])
-    assert await mdb.fetchval("SELECT max(version) FROM schema_migrations") == 1
+    assert await mdb.fetchval("SELECT max(version) FROM schema_migrations") == 2
     with pytest.raises((sqlite3.Error, asyncpg.PostgresError)):
         await mdb.fetch("SELECT * FROM half")
 

@@ -119,7 +119,7 @@ def test_sqlite_is_created_migrated_and_reused(
     assert wait_status(port, "/readyz", 200) == {"status": "ready", "database": "sqlite"}
     applied = database_event(stop(first))
     assert applied["dialect"] == "sqlite"
-    assert applied["migrations_applied"] == ["0001_core"]
+    assert applied["migrations_applied"] == ["0001_core", "0002_security"]
 
     # Written by the library itself while no app runs, into the very same file.
     asyncio.run(write_tenant(database, "acme"))
@@ -130,7 +130,7 @@ def test_sqlite_is_created_migrated_and_reused(
     assert wait_status(port, "/readyz", 200)["database"] == "sqlite"
     assert database_event(stop(second))["migrations_applied"] == []  # the schema was current
 
-    assert asyncio.run(read_tenant_and_versions(database, "acme")) == (True, [1])
+    assert asyncio.run(read_tenant_and_versions(database, "acme")) == (True, [1, 2])
 
 
 @pytest.mark.parametrize("kind", ["directory", "garbage"])
@@ -206,7 +206,7 @@ def test_postgres_readyz_follows_the_server(
     assert database_event(events) == {
         "event": "app_database",
         "dialect": "postgres",
-        "migrations_applied": ["0001_core"],
+        "migrations_applied": ["0001_core", "0002_security"],
     }
 
 
