@@ -1,38 +1,65 @@
-"""File attachments of a space: uploads checked by their content and streamed to disk, downloads.
-
-Files live under the slot's data directory as ``files/<tenant_id>/<file_id>``: the name on disk
-is always the server's id, never anything the client sent. The client's name is kept only to
-show and to offer on download (cleaned by ``clean_name``); its declared type is only a hint that
-must agree with what the first bytes say (``sniff_type``). All file I/O runs in worker threads.
-"""
+"""File attachments of a space: uploads streamed to disk under server ids, their records."""
 
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextlib
 import hashlib
 import os
-import re
-import unicodedata
-from collections.abc import AsyncGenerator, AsyncIterable
+from collections.abc import AsyncGenerator, AsyncIterable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
-from urllib.parse import quote
 
 from app.accounts import Forbidden, NotFound, PolicyViolation, User
 from app.clock import Clock
 from app.db import Database
+from app.file_types import (
+    FALLBACK_NAME,
+    MAX_NAME,
+    SNIFF_BYTES,
+    UnsupportedType,
+    clean_name,
+    content_disposition,
+    sniff_type,
+)
 from app.ids import MAX_ID, new_id
-from app.spaces import MANAGERS, _actor, _require_postable, _visible_message, _visible_space
+from app.spaces import (
+    _VISIBLE,
+    MANAGERS,
+    _actor,
+    _require_postable,
+    _sees_public,
+    _visible_message,
+    _visible_space,
+)
 from app.work_records import LIMIT_DEFAULT, Page, _now_ms, _page, _window
 
+# The names and type checks of ``app.file_types`` stay importable from here.
+__all__ = [
+    "CHUNK_BYTES",
+    "FALLBACK_NAME",
+    "FILES_DIR",
+    "MAX_NAME",
+    "SNIFF_BYTES",
+    "FileRecord",
+    "TooLarge",
+    "UnsupportedType",
+    "attach_file",
+    "clean_name",
+    "content_disposition",
+    "delete_file",
+    "discard_file",
+    "files_for_messages",
+    "list_files",
+    "open_file",
+    "sniff_type",
+    "store_file",
+    "tenant_files_dir",
+]
+
 FILES_DIR = "files"
-MAX_NAME = 255
-SNIFF_BYTES = 4096
 CHUNK_BYTES = 1 << 20  # how bytes given whole are fed through, and the write batch size
-FALLBACK_NAME = "file"
 
 
 # ---------------------------------------------------------------- errors and records
@@ -40,10 +67,6 @@ FALLBACK_NAME = "file"
 
 class TooLarge(PolicyViolation):
     """The upload is over the size limit; nothing of it was kept."""
-
-
-class UnsupportedType(PolicyViolation):
-    """The content is not an allowed type, or not the type its name or header says."""
 
 
 @dataclass(frozen=True)
@@ -83,177 +106,10 @@ def _file(row: dict[str, Any]) -> FileRecord:
 
 
 def tenant_files_dir(root: Path, tenant_id: int) -> Path:
-    """The directory of a tenant's files under the slot's data directory ``root``."""
+    """The directory of a tenant's files under the slot's data directory ``root``: each file is
+    ``<file_id>`` in it, never a name the client sent (that one is only shown and offered on
+    download, cleaned by ``clean_name``). All file I/O runs in worker threads."""
     return root / FILES_DIR / str(int(tenant_id))
-
-
-# ---------------------------------------------------------------- names
-
-
-_SEPARATORS = re.compile(r"[/\\\uff0f\uff3c\u2215\u2044\u29f8\u29f9]")
-_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-_UNSAFE_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
-
-
-def _safe_char(char: str) -> bool:
-    return char not in _BIDI and unicodedata.category(char) not in _UNSAFE_CATEGORIES
-
-
-def clean_name(name: str) -> str:
-    """A client's file name fit to show and offer on download: the last path component (``/``
-    and ``\\`` both split), without control, line-break or bidi-override characters, without
-    leading or trailing dots and blanks, at most MAX_NAME characters (keeping the extension);
-    FALLBACK_NAME when nothing is left. Anything else, markup included, is kept verbatim."""
-    name = "".join(filter(_safe_char, unicodedata.normalize("NFC", name)))
-    name = _SEPARATORS.split(name)[-1].strip(". \u00a0")
-    if len(name) > MAX_NAME:
-        stem, dot, extension = name.rpartition(".")
-        if dot and stem and len(extension) <= 16:
-            name = stem[: MAX_NAME - len(extension) - 1] + "." + extension
-        else:
-            name = name[:MAX_NAME]
-    return name or FALLBACK_NAME
-
-
-def _extension(name: str) -> str:
-    stem, dot, extension = name.rpartition(".")
-    return extension.lower() if dot and stem else ""
-
-
-def _ascii_fallback(name: str) -> str:
-    return "".join(c if " " <= c <= "~" and c not in '"\\%;' else "_" for c in name)
-
-
-def content_disposition(original_name: str) -> str:
-    """``Content-Disposition`` for downloading a file called ``original_name`` (RFC 6266): an
-    ASCII ``filename`` fallback with quotes, backslashes and ``%`` replaced, and the full name
-    percent-encoded as UTF-8 in ``filename*`` (RFC 5987). The name is cleaned first, so the
-    value never holds CR, LF or other control characters."""
-    name = clean_name(original_name)
-    encoded = quote(name, safe="", encoding="utf-8")
-    return f"attachment; filename=\"{_ascii_fallback(name)}\"; filename*=UTF-8''{encoded}"
-
-
-# ---------------------------------------------------------------- content types
-
-
-@dataclass(frozen=True)
-class _Kind:
-    """What the first bytes prove; ``types`` a client may declare for it, the first the default."""
-
-    types: tuple[str, ...]
-    extensions: frozenset[str]
-    has_default: bool = True
-    tolerated_claims: frozenset[str] = frozenset()
-
-
-_DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
-_XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
-_PPTX = "application/vnd.openxmlformats-officedocument.presentationml.presentation"
-_ODT = "application/vnd.oasis.opendocument.text"
-_ODS = "application/vnd.oasis.opendocument.spreadsheet"
-_ODP = "application/vnd.oasis.opendocument.presentation"
-_OLE_TYPES = ("application/msword", "application/vnd.ms-excel", "application/vnd.ms-powerpoint")
-
-_PNG = _Kind(("image/png",), frozenset({"png"}))
-_JPEG = _Kind(("image/jpeg",), frozenset({"jpg", "jpeg", "jpe", "jfif"}))
-_GIF = _Kind(("image/gif",), frozenset({"gif"}))
-_WEBP = _Kind(("image/webp",), frozenset({"webp"}))
-_PDF = _Kind(("application/pdf",), frozenset({"pdf"}))
-_ZIP = _Kind(
-    ("application/zip", _DOCX, _XLSX, _PPTX, _ODT, _ODS, _ODP),
-    frozenset({"zip", "docx", "xlsx", "pptx", "odt", "ods", "odp"}),
-)
-# Legacy Office files are OLE2 containers, as are .msi installers: the name must say which.
-_OLE = _Kind(_OLE_TYPES, frozenset({"doc", "xls", "ppt"}), has_default=False)
-# Windows browsers declare .csv files as Excel sheets when Excel is installed.
-_TEXT = _Kind(
-    ("text/plain", "text/csv"),
-    frozenset({"txt", "text", "log", "md", "csv", "tsv"}),
-    tolerated_claims=frozenset({"application/vnd.ms-excel"}),
-)
-_MAGIC: tuple[tuple[bytes, _Kind], ...] = (
-    (b"\x89PNG\r\n\x1a\n", _PNG),
-    (b"\xff\xd8\xff", _JPEG),
-    (b"GIF87a", _GIF),
-    (b"GIF89a", _GIF),
-    (b"%PDF-", _PDF),
-    (b"PK\x03\x04", _ZIP),
-    (b"PK\x05\x06", _ZIP),  # an empty archive
-    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", _OLE),
-)
-_GENERIC_CLAIMS = frozenset({"", "application/octet-stream", "binary/octet-stream"})
-_ALIASES = {
-    "image/jpg": "image/jpeg",
-    "image/pjpeg": "image/jpeg",
-    "application/x-zip-compressed": "application/zip",
-    "application/x-pdf": "application/pdf",
-    "application/csv": "text/csv",
-    "text/x-csv": "text/csv",
-    "text/comma-separated-values": "text/csv",
-}
-_BY_EXTENSION = {
-    "csv": "text/csv",
-    "docx": _DOCX,
-    "xlsx": _XLSX,
-    "pptx": _PPTX,
-    "odt": _ODT,
-    "ods": _ODS,
-    "odp": _ODP,
-    "doc": _OLE_TYPES[0],
-    "xls": _OLE_TYPES[1],
-    "ppt": _OLE_TYPES[2],
-}
-_STORED = {"text/plain": "text/plain; charset=utf-8", "text/csv": "text/csv; charset=utf-8"}
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
-_MARKUP = re.compile(r"\s*<[A-Za-z!?/]")  # what a browser might take for HTML, SVG or XML
-_REFUSED = (
-    "only PNG, JPEG, GIF and WebP images, PDF, UTF-8 text, CSV, ZIP and office documents "
-    "may be uploaded"
-)
-
-
-def _is_text(head: bytes, complete: bool) -> bool:
-    try:
-        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=complete)
-    except UnicodeDecodeError:
-        return False
-    text = text.removeprefix("\ufeff")
-    return _CONTROL.search(text) is None and _MARKUP.match(text) is None
-
-
-def _sniff(head: bytes, complete: bool) -> _Kind | None:
-    for magic, kind in _MAGIC:
-        if head.startswith(magic):
-            return kind
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return _WEBP
-    return _TEXT if _is_text(head, complete) else None
-
-
-def sniff_type(head: bytes, declared: str, name: str, *, complete: bool) -> str:
-    """The content type to store for a file starting with ``head`` (its first SNIFF_BYTES, or
-    all of it when ``complete``), declared as ``declared`` and named ``name`` (cleaned).
-
-    UnsupportedType unless the bytes are of an allowed kind, the name's extension (if any)
-    fits that kind and the declared type is one of that kind's or says nothing."""
-    kind = _sniff(head, complete)
-    if kind is None:
-        raise UnsupportedType(_REFUSED)
-    extension = _extension(name)
-    if extension and extension not in kind.extensions:
-        raise UnsupportedType(f"the content of this file is not what .{extension} promises")
-    claim = declared.partition(";")[0].strip().lower()
-    claim = _ALIASES.get(claim, claim)
-    if claim not in kind.types:
-        if claim not in _GENERIC_CLAIMS and claim not in kind.tolerated_claims:
-            raise UnsupportedType(f"the content of this file is not {claim}")
-        claim = _BY_EXTENSION.get(extension, "")
-        if claim not in kind.types:
-            if not kind.has_default:
-                raise UnsupportedType("name the office document .doc, .xls or .ppt")
-            claim = kind.types[0]
-    return _STORED.get(claim, claim)
 
 
 # ---------------------------------------------------------------- disk (in worker threads)
@@ -488,4 +344,62 @@ async def delete_file(
             raise Forbidden("only the uploader or a workspace admin may delete a file")
         await tx.execute("DELETE FROM files WHERE tenant_id = ? AND id = ?", tenant_id, record.id)
     path = tenant_files_dir(root, tenant_id) / str(record.id)
+    await asyncio.to_thread(path.unlink, missing_ok=True)
+
+
+async def files_for_messages(
+    db: Database, tenant_id: int, actor: User, message_ids: Iterable[int]
+) -> dict[int, list[FileRecord]]:
+    """The files attached to each of ``message_ids``, oldest first, from the spaces the actor
+    may see: one query for all of them (a page of messages). Messages without such files, and
+    ids that are not ids, are left out."""
+    wanted = sorted({m for m in message_ids if _whole(m, 1, MAX_ID)})
+    if not wanted:
+        return {}
+    actor = await _actor(db, tenant_id, actor)
+    marks = ", ".join("?" * len(wanted))
+    rows = await db.fetch(
+        f"SELECT {_FILE_COLUMNS} FROM files f"
+        " JOIN spaces s ON s.tenant_id = f.tenant_id AND s.id = f.space_id"
+        " LEFT JOIN space_members sm"
+        " ON sm.tenant_id = s.tenant_id AND sm.space_id = s.id AND sm.user_id = ?"
+        f" WHERE f.tenant_id = ? AND f.message_id IN ({marks})" + _VISIBLE + " ORDER BY f.id",
+        *(actor.id, tenant_id, *wanted, _sees_public(actor)),
+    )
+    found: dict[int, list[FileRecord]] = {}
+    for row in rows:
+        found.setdefault(int(row["message_id"]), []).append(_file(row))
+    return found
+
+
+async def attach_file(tx: Database, tenant_id: int, file_id: int, message_id: int) -> None:
+    """Attach an unattached file to a live message of its space written by its uploader. For
+    the transaction that posts (and so checks the author may post) the message; NotFound, and
+    nothing changed, for any other file or message."""
+    if not (_whole(file_id, 1, MAX_ID) and _whole(message_id, 1, MAX_ID)):
+        raise NotFound("no such file to attach")
+    touched = await tx.execute(
+        "UPDATE files SET message_id = ? WHERE tenant_id = ? AND id = ? AND message_id IS NULL"
+        " AND EXISTS (SELECT 1 FROM messages m WHERE m.tenant_id = files.tenant_id"
+        " AND m.id = ? AND m.space_id = files.space_id AND m.author_id = files.uploader_id"
+        " AND m.deleted_at IS NULL)",
+        *(message_id, tenant_id, file_id, message_id),
+    )
+    if touched != 1:
+        raise NotFound("no such file to attach")
+
+
+async def discard_file(db: Database, tenant_id: int, file_id: int, *, root: Path) -> None:
+    """Remove a stored file that is attached to no message, row then bytes, without asking who
+    may: to undo a ``store_file`` whose message could not be posted. Idempotent; a file that
+    was attached after all is kept."""
+    removed = await db.execute(
+        "DELETE FROM files WHERE tenant_id = ? AND id = ? AND message_id IS NULL",
+        *(tenant_id, file_id),
+    )
+    if not removed and await db.fetchval(
+        "SELECT 1 FROM files WHERE tenant_id = ? AND id = ?", *(tenant_id, file_id)
+    ):
+        return
+    path = tenant_files_dir(root, tenant_id) / str(int(file_id))
     await asyncio.to_thread(path.unlink, missing_ok=True)

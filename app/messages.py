@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from app.accounts import Forbidden, PolicyViolation, User
 from app.clock import Clock
 from app.db import Database
+from app.files import attach_file
 from app.ids import MAX_ID, new_id
 from app.mentions import _record_mentions
 from app.spaces import (
@@ -148,8 +149,11 @@ async def post_message(
     body: str,
     *,
     clock: Clock | None = None,
+    file_id: int | None = None,
 ) -> Message:
-    """Post to a thread of a live space the actor may see; record its @mentions."""
+    """Post to a thread of a live space the actor may see; record its @mentions. ``file_id``:
+    a file the actor stored in that space, attached in the same transaction (NotFound, and
+    nothing posted, when it cannot be)."""
     body = _body(body)
     now = _now_ms(clock)
     async with db.transaction() as tx:
@@ -168,6 +172,16 @@ async def post_message(
             *(now, tenant_id, thread.id, now),
         )
         await _record_mentions(tx, tenant_id, space, message, now)
+        if file_id is not None:
+            await attach_file(tx, tenant_id, file_id, message.id)
+    return message
+
+
+async def get_message(db: Database, tenant_id: int, actor: User, message_id: int) -> Message:
+    """A message (a deleted one as a placeholder) of a space the actor may see; NotFound
+    otherwise."""
+    actor = await _actor(db, tenant_id, actor)
+    message, _ = await _visible_message(db, tenant_id, actor, message_id)
     return message
 
 

@@ -17,12 +17,20 @@ from typing import Any
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
-from app import work
+from app import files, work
 from app.accounts import tenant_by_name
 from app.clock import Clock
 from app.db import Database
+from app.second_factor import Proof, SecondFactorNeeded
 from app.settings import DEFAULT_MAX_UPLOAD_BYTES, AppSettings
-from app.web_auth import ApiAuth, ApiError, Caller, clear_session_cookie, set_session_cookie
+from app.web_auth import (
+    CHALLENGE,
+    ApiAuth,
+    ApiError,
+    Caller,
+    clear_session_cookie,
+    set_session_cookie,
+)
 from app.web_files import FileRoutes
 from app.web_input import (
     MAX_BODY_BYTES,
@@ -39,6 +47,7 @@ from app.web_input import (
     text_value,
 )
 from app.web_output import (
+    API_HEADERS,
     answer,
     edit_json,
     empty,
@@ -63,6 +72,24 @@ TenantOf = Callable[[web.Request], str | None]
 async def _messages(call: Call, messages: list[work.Message]) -> list[dict[str, Any]]:
     handles = await work.tenant_handles(call.db, call.tenant_id) if messages else frozenset()
     return [message_json(message, handles) for message in messages]
+
+
+async def _messages_with_files(call: Call, messages: list[work.Message]) -> list[dict[str, Any]]:
+    """As ``_messages``, each with its ``attachments`` (one query for the whole page)."""
+    handles = await work.tenant_handles(call.db, call.tenant_id) if messages else frozenset()
+    ids = [message.id for message in messages]
+    attached = await files.files_for_messages(call.db, call.tenant_id, call.caller.user, ids)
+    return [message_json(m, handles, attached.get(m.id, [])) for m in messages]
+
+
+def _proof(body: dict[str, Any]) -> Proof | None:
+    """The second factor a sign-in body offers ("totp_code" or "recovery_code"), if any."""
+    totp, recovery = field(body, "totp_code", ""), field(body, "recovery_code", "")
+    if totp.strip():
+        return Proof(totp_code=totp.strip())
+    if recovery.strip():
+        return Proof(recovery_code=recovery.strip())
+    return None
 
 
 class WebApi:
@@ -162,11 +189,23 @@ class WebApi:
     # ------------------------------------------------------------ session
 
     async def sign_in(self, request: web.Request) -> web.StreamResponse:
-        """POST {email, password}: a session cookie, and the user (as /me shows it)."""
+        """POST {email, password}: a session cookie, and the user (as /me shows it). A user
+        with a second factor adds "totp_code" or "recovery_code"; without, the answer is 401
+        with ``"second_factor": true``."""
         db, tenant_id, name = await self._tenant(request)
         body = await json_object(request)
         email, password = field(body, "email"), field(body, "password")
-        user, token = await ApiAuth(db, self._clock).sign_in(request, tenant_id, email, password)
+        proof = _proof(body)
+        try:
+            user, token = await ApiAuth(db, self._clock).sign_in(
+                request, tenant_id, email, password, proof
+            )
+        except SecondFactorNeeded as needed:
+            return web.json_response(
+                {"error": str(needed), "status": 401, "second_factor": True},
+                status=401,
+                headers={**API_HEADERS, **CHALLENGE},
+            )
         scopes = frozenset({"read", "write"})
         response = answer(me_json(Caller(tenant_id, name, user, "session", scopes)))
         set_session_cookie(request, response, token)
@@ -273,7 +312,8 @@ class WebApi:
     # ------------------------------------------------------------ messages
 
     async def list_messages(self, call: Call) -> web.Response:
-        """Newest first; with ``after`` (or a forward cursor) oldest first from there."""
+        """Newest first; with ``after`` (or a forward cursor) oldest first from there. Each
+        message carries its ``attachments`` (the files the caller may see)."""
         thread_id = path_id(call.request, "thread")
         after_id, before_id = messages_window(call.request)
         page = await work.list_messages(
@@ -282,7 +322,7 @@ class WebApi:
         )  # fmt: skip
         direction = "a" if after_id is not None else "b"
         cursor = None if page.next_cursor is None else f"{direction}{page.next_cursor}"
-        return answer(listing(await _messages(call, page.items), cursor))
+        return answer(listing(await _messages_with_files(call, page.items), cursor))
 
     async def post_message(self, call: Call) -> web.Response:
         thread_id = path_id(call.request, "thread")

@@ -3,6 +3,7 @@ and the JSON form of records (ids as decimal strings, times as unix milliseconds
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
@@ -96,8 +97,13 @@ def thread_json(thread: work.Thread) -> dict[str, Any]:
     }
 
 
-def message_json(message: work.Message, handles: frozenset[str]) -> dict[str, Any]:
-    return {
+def message_json(
+    message: work.Message,
+    handles: frozenset[str],
+    attachments: Sequence[FileRecord] | None = None,
+) -> dict[str, Any]:
+    """A message; with ``attachments`` (its files) an ``attachments`` list of file records."""
+    shown = {
         "id": str(message.id),
         "space_id": str(message.space_id),
         "thread_id": str(message.thread_id),
@@ -108,6 +114,9 @@ def message_json(message: work.Message, handles: frozenset[str]) -> dict[str, An
         "edited_at": message.edited_at,
         "deleted_at": message.deleted_at,
     }
+    if attachments is not None:
+        shown["attachments"] = [file_json(record) for record in attachments]
+    return shown
 
 
 def edit_json(edit: work.MessageEdit, handles: frozenset[str]) -> dict[str, Any]:

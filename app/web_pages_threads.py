@@ -3,16 +3,16 @@ history, unread mentions, and search."""
 
 from __future__ import annotations
 
-from collections import defaultdict
+import asyncio
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlencode
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 from markupsafe import Markup
 
 from app import files, work
-from app.accounts import Forbidden, NotFound, PolicyViolation
+from app.accounts import Forbidden
 from app.markup import render
 from app.web_forms import Form, query_id, query_text, route_id
 from app.web_pages_spaces import file_view, store_upload
@@ -39,28 +39,15 @@ class ThreadPages:
 
     # ------------------------------------------------------------ a thread
 
-    async def _attachments(
-        self, viewer: Viewer, space_id: int, message_ids: set[int]
-    ) -> dict[int, list[dict[str, Any]]]:
-        """Files of the space's newest uploads that belong to the shown messages."""
-        found: dict[int, list[dict[str, Any]]] = defaultdict(list)
-        if not message_ids:
-            return found
-        page = await files.list_files(
-            viewer.db, viewer.tenant_id, viewer.user, space_id, limit=work.LIMIT_MAX
-        )
-        for record in reversed(page.items):
-            if record.message_id in message_ids:
-                found[record.message_id].append(file_view(record))
-        return found
-
     async def _shown(
         self, viewer: Viewer, messages: list[work.Message], space: work.Space
     ) -> list[dict[str, Any]]:
         db, tenant_id, me = viewer.db, viewer.tenant_id, viewer.user.id
         handles = await work.tenant_handles(db, tenant_id)
         names = await user_names(db, tenant_id, (m.author_id for m in messages))
-        attached = await self._attachments(viewer, space.id, {m.id for m in messages})
+        attached = await files.files_for_messages(
+            db, tenant_id, viewer.user, (m.id for m in messages)
+        )
         shown = []
         for m in messages:
             live, mine = m.deleted_at is None, m.author_id == me
@@ -69,7 +56,7 @@ class ThreadPages:
                 "can_edit": live and mine and not space.archived,
                 "can_delete": live and (mine or viewer.manager),
                 "history": (mine or viewer.manager) and (not live or m.edited_at is not None),
-                "files": attached.get(m.id, []),
+                "files": [file_view(record) for record in attached.get(m.id, [])],
             })  # fmt: skip
         return shown
 
@@ -97,39 +84,39 @@ class ThreadPages:
         return await self.site.render(request, viewer.tenant, "thread.html", context, viewer=viewer)
 
     async def post(self, viewer: Viewer, form: Form) -> web.StreamResponse:
-        """A new message, and the file of the same form attached to it."""
+        """A new message, with the file of the same form attached: both or neither."""
         thread_id = route_id(viewer.request, "thread")
+        if form.upload is None:
+            message = await work.post_message(
+                viewer.db, viewer.tenant_id, viewer.user, thread_id, form.text("body"),
+                clock=self.site.clock,
+            )  # fmt: skip
+        else:
+            message = await self._post_with_file(viewer, thread_id, form.text("body"), form.upload)
+        return redirect(f"/threads/{thread_id}#m{message.id}")
+
+    async def _post_with_file(
+        self, viewer: Viewer, thread_id: int, body: str, upload: BodyPartReader
+    ) -> work.Message:
+        """Store the file, then post the message and attach the file in one transaction; a
+        message that is not posted takes the stored file (row and bytes) with it."""
         db, tenant_id, user = viewer.db, viewer.tenant_id, viewer.user
         thread = await work.get_thread(db, tenant_id, user, thread_id)
-        message = await work.post_message(
-            db, tenant_id, user, thread_id, form.text("body"), clock=self.site.clock
-        )
-        if form.upload is not None:
-            try:
-                await store_upload(self.site, viewer, thread.space_id, form.upload, message.id)
-            except PolicyViolation as exc:
-                text = f"Your message was posted, but the file was not attached: {exc}"
-                response = await self.thread(viewer, Notice(text))
-                response.set_status(400)
-                return response
-        return redirect(f"/threads/{thread_id}#m{message.id}")
+        record = await store_upload(self.site, viewer, thread.space_id, upload)
+        try:
+            return await work.post_message(
+                db, tenant_id, user, thread_id, body, clock=self.site.clock, file_id=record.id
+            )
+        except BaseException:
+            root = self.site.settings.data_dir
+            await asyncio.shield(files.discard_file(db, tenant_id, record.id, root=root))
+            raise
 
     # ------------------------------------------------------------ one message
 
-    async def _message(self, viewer: Viewer, message_id: int) -> work.Message:
-        """A message of the thread the page's ``thread`` query names."""
-        thread_id = query_id(viewer.request, "thread")
-        if thread_id is None:
-            raise NotFound("no such message")
-        page = await work.list_messages(
-            viewer.db, viewer.tenant_id, viewer.user, thread_id, limit=1, after_id=message_id - 1
-        )
-        if not page.items or page.items[0].id != message_id:
-            raise NotFound("no such message")
-        return page.items[0]
-
     async def edit_form(self, viewer: Viewer, notice: Notice) -> web.StreamResponse:
-        message = await self._message(viewer, route_id(viewer.request, "message"))
+        message_id = route_id(viewer.request, "message")  # a ``thread`` query is ignored
+        message = await work.get_message(viewer.db, viewer.tenant_id, viewer.user, message_id)
         if message.author_id != viewer.user.id or message.deleted_at is not None:
             raise Forbidden("only the author may edit a message, and not once it is deleted")
         context = {

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from aiohttp import FormData, hdrs, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from app import accounts
-from app.db import Database
+from app.db import Database, Dialect
 from app.files import tenant_files_dir
 from app.service import tenant_for_host
 from app.settings import AppSettings
@@ -165,6 +166,72 @@ async def test_upload_to_own_message(api: Api, acme: Org) -> None:
     assert reply.status == 201 and reply.body["message_id"] == message["id"]
     bad = await upload(api, acme, acme.owner_token, space, form(PNG, "p.png", "", message="x"))
     assert_error(bad, 400)
+    listed = await api.ok("GET", f"/threads/{thread['id']}/messages", acme, acme.alice_token)
+    assert [item["attachments"] for item in listed["items"]] == [[reply.body]]
+
+
+class CountingDatabase:
+    """A Database that keeps the SQL of every ``fetch`` it passes on."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.fetched: list[str] = []
+
+    @property
+    def dialect(self) -> Dialect:
+        return self.db.dialect
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        return await self.db.execute(sql, *args)
+
+    async def execute_script(self, script: str) -> None:
+        await self.db.execute_script(script)
+
+    async def fetch(self, sql: str, *args: Any) -> list[dict[str, Any]]:
+        self.fetched.append(sql)
+        return await self.db.fetch(sql, *args)
+
+    async def fetchrow(self, sql: str, *args: Any) -> dict[str, Any] | None:
+        return await self.db.fetchrow(sql, *args)
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        return await self.db.fetchval(sql, *args)
+
+    def transaction(self) -> AbstractAsyncContextManager[Database]:
+        return self.db.transaction()
+
+    async def close(self) -> None:
+        await self.db.close()
+
+
+async def test_message_pages_carry_their_attachments_in_one_query(
+    acme: Org, settings: AppSettings, clock: FakeClock, db: Database
+) -> None:
+    counting = CountingDatabase(db)
+    async with TestClient(TestServer(api_app(settings, clock, counting))) as client:
+        api, token = Api(client), acme.owner_token
+        space = await new_space(api, acme)
+        thread = await api.ok("POST", f"/spaces/{space}/threads", acme, token, json={"title": "t"})
+        posts = f"/threads/{thread['id']}/messages"
+        ids = [
+            (await api.ok("POST", posts, acme, token, json={"body": body}))["id"]
+            for body in ("one", "two", "three")
+        ]
+        a = await upload(api, acme, token, space, form(PNG, "a.png", "", message=ids[0]))
+        b = await upload(api, acme, token, space, form(TEXT, "b.txt", "", message=ids[0]))
+        c = await upload(api, acme, token, space, form(PNG, "c.png", "", message=ids[2]))
+        await upload(api, acme, token, space, form(PNG, "loose.png", ""))  # on no message
+        counting.fetched.clear()
+        listed = await api.ok("GET", posts, acme, acme.alice_token)
+        assert [item["id"] for item in listed["items"]] == ids[::-1]
+        attachments = [item["attachments"] for item in listed["items"]]
+        assert attachments == [[c.body], [], [a.body, b.body]]
+        assert sum("FROM files" in sql for sql in counting.fetched) == 1  # not one per message
+        newest = await api.ok("GET", posts + "?limit=1", acme, acme.alice_token)
+        assert [item["attachments"] for item in newest["items"]] == [[c.body]]
+        counting.fetched.clear()
+        after = await api.ok("GET", f"{posts}?after={ids[2]}", acme, acme.alice_token)
+        assert after["items"] == [] and not any("FROM files" in s for s in counting.fetched)
 
 
 async def test_oversize_is_413_and_nothing_is_stored(

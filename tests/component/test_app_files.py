@@ -1,5 +1,6 @@
 """File attachments on real SQLite files and a real PostgreSQL server: streamed uploads, size
-limits, content sniffing, hostile names, download headers, tenant isolation and deletion."""
+limits, content sniffing, hostile names, download headers, tenant isolation, deletion, and
+attaching to messages."""
 
 from __future__ import annotations
 
@@ -13,16 +14,19 @@ from pathlib import Path
 import pytest
 
 from app import work
-from app.accounts import Forbidden, NotFound, User
+from app.accounts import Forbidden, NotFound, PolicyViolation, User
 from app.db import Database
 from app.files import (
     MAX_NAME,
     FileRecord,
     TooLarge,
     UnsupportedType,
+    attach_file,
     clean_name,
     content_disposition,
     delete_file,
+    discard_file,
+    files_for_messages,
     list_files,
     open_file,
     sniff_type,
@@ -436,3 +440,95 @@ async def test_cancelled_upload_leaves_nothing(db: Database, org: Org, root: Pat
         await upload
     assert disk_names(root) == []
     assert await file_count(db) == 0
+
+
+# ---------------------------------------------------------------- attached to messages
+
+
+async def message_count(db: Database) -> int:
+    return int(await db.fetchval("SELECT count(*) FROM messages"))
+
+
+async def test_a_stored_file_is_attached_with_its_message(
+    db: Database, org: Org, root: Path
+) -> None:
+    t = org.tenant_id
+    thread = await work.create_thread(db, t, org.alice, org.space_id, "topic")
+    record = await store(db, org, root, PNG)
+    message = await work.post_message(db, t, org.alice, thread.id, "see", file_id=record.id)
+    attached = dataclasses.replace(record, message_id=message.id)
+    assert await files_for_messages(db, t, org.bob, [message.id]) == {message.id: [attached]}
+    assert (await open_file(db, t, org.bob, record.id, root=root))[0] == attached
+    with pytest.raises(NotFound):  # attached already: not to a second message
+        await work.post_message(db, t, org.alice, thread.id, "again", file_id=record.id)
+    await discard_file(db, t, record.id, root=root)  # attached after all: kept
+    assert disk_names(root) == [f"files/{t}/{record.id}"]
+    assert await message_count(db) == 1
+
+
+async def test_a_message_not_posted_attaches_nothing(db: Database, org: Org, root: Path) -> None:
+    t = org.tenant_id
+    thread = await work.create_thread(db, t, org.alice, org.space_id, "topic")
+    secret = await work.create_space(db, t, org.alice, "secret", private=True)
+    mine = await store(db, org, root, PNG)
+    elsewhere = await store(db, org, root, PNG, space_id=secret.id)
+    await work.join_space(db, t, org.bob, org.space_id)
+    bobs = await store(db, org, root, PNG, who=org.bob)
+    with pytest.raises(PolicyViolation):  # the message is refused: the file stays unattached
+        await work.post_message(db, t, org.alice, thread.id, "  ", file_id=mine.id)
+    for file_id in (elsewhere.id, bobs.id, 12345, 0):  # another space, uploader, nothing
+        with pytest.raises(NotFound):
+            await work.post_message(db, t, org.alice, thread.id, "see", file_id=file_id)
+    assert await message_count(db) == 0
+    assert (await open_file(db, t, org.alice, mine.id, root=root))[0] == mine
+    for record in (mine, elsewhere, bobs):
+        await discard_file(db, t, record.id, root=root)
+    await discard_file(db, t, mine.id, root=root)  # idempotent
+    assert disk_names(root) == []
+    assert await file_count(db) == 0
+
+
+async def test_attach_only_to_a_live_message_of_the_uploader(
+    db: Database, org: Org, root: Path
+) -> None:
+    t = org.tenant_id
+    thread = await work.create_thread(db, t, org.alice, org.space_id, "topic")
+    gone = await work.post_message(db, t, org.alice, thread.id, "soon deleted")
+    await work.delete_message(db, t, org.alice, gone.id)
+    await work.join_space(db, t, org.bob, org.space_id)
+    bobs_message = await work.post_message(db, t, org.bob, thread.id, "bob's")
+    record = await store(db, org, root, PNG)
+    for message_id in (gone.id, bobs_message.id, 12345, -1):
+        with pytest.raises(NotFound):
+            async with db.transaction() as tx:
+                await attach_file(tx, t, record.id, message_id)
+    assert await files_for_messages(db, t, org.alice, [gone.id, bobs_message.id]) == {}
+
+
+async def test_files_for_messages_in_one_go(
+    db: Database, org: Org, root: Path, clock: FakeClock
+) -> None:
+    t = org.tenant_id
+    thread = await work.create_thread(db, t, org.alice, org.space_id, "topic")
+    first = await work.post_message(db, t, org.alice, thread.id, "one")
+    second = await work.post_message(db, t, org.alice, thread.id, "two")
+    a = await store(db, org, root, PNG, "a.png", message_id=first.id)
+    b = await store(db, org, root, PDF, "b.pdf", "application/pdf", message_id=first.id)
+    c = await store(db, org, root, PNG, "c.png", message_id=second.id)
+    await store(db, org, root, PNG, "loose.png")  # attached to nothing
+    secret = await work.create_space(db, t, org.alice, "secret", private=True)
+    hidden_thread = await work.create_thread(db, t, org.alice, secret.id, "hidden")
+    hidden = await work.post_message(db, t, org.alice, hidden_thread.id, "hidden")
+    h = await store(db, org, root, PNG, space_id=secret.id, message_id=hidden.id)
+    other = await new_org(db, clock, "globex")
+    other_thread = await work.create_thread(db, other.tenant_id, other.alice, other.space_id, "x")
+    theirs = await work.post_message(db, other.tenant_id, other.alice, other_thread.id, "x")
+    await store(db, other, root, PNG, message_id=theirs.id)
+    ids = [second.id, first.id, first.id, hidden.id, theirs.id, 0, 2**63]
+    seen = await files_for_messages(db, t, org.alice, ids)
+    assert seen == {first.id: [a, b], second.id: [c], hidden.id: [h]}
+    assert await files_for_messages(db, t, org.bob, ids) == {first.id: [a, b], second.id: [c]}
+    assert await files_for_messages(db, t, org.guest, ids) == {}
+    assert await files_for_messages(db, t, org.bob, []) == {}
+    with pytest.raises(Forbidden):  # a user of another tenant
+        await files_for_messages(db, t, other.alice, [first.id])

@@ -440,7 +440,8 @@ async def test_every_page_of_a_member(
     alice = await as_user(client, db, clock, acme, acme.alice)
     for path in [
         "/spaces", f"/spaces/{space.id}", f"/threads/{thread.id}",
-        f"/messages/{message.id}/edit?thread={thread.id}", f"/messages/{message.id}/history",
+        f"/messages/{message.id}/edit", f"/messages/{message.id}/edit?thread={thread.id}",
+        f"/messages/{message.id}/edit?thread=7", f"/messages/{message.id}/history",
         "/mentions", "/search", "/search?q=again", "/settings",
     ]:  # fmt: skip
         page = await alice.get(path)
@@ -461,7 +462,10 @@ async def test_missing_things_are_404_pages(
     client: TestClient[Any, Any], db: Database, clock: FakeClock, acme: People
 ) -> None:
     alice = await as_user(client, db, clock, acme, acme.alice)
-    for path in ["/spaces/123", "/spaces/x", "/threads/99999999", "/messages/5/edit?thread=7"]:
+    for path in [
+        "/spaces/123", "/spaces/x", "/threads/99999999", "/messages/5/edit",
+        "/messages/5/edit?thread=7",
+    ]:  # fmt: skip
         page = await alice.get(path)
         assert page.status == 404, path
         assert "Not found" in page.text and "Traceback" not in page.text
@@ -626,9 +630,11 @@ async def test_edit_delete_and_history(
     alice = await as_user(client, db, clock, acme, acme.alice)
     bob = await as_user(client, db, clock, acme, acme.bob)
     admin = await as_user(client, db, clock, acme, acme.admin)
-    edit_path = f"/messages/{message.id}/edit?thread={thread.id}"
+    edit_path = f"/messages/{message.id}/edit"
     form = await alice.get(edit_path)
     assert form.status == 200 and "first text" in form.text
+    assert f'action="{edit_path}"' in form.text
+    assert f'href="{edit_path}"' in (await alice.get(f"/threads/{thread.id}")).text
     empty = await alice.post(edit_path, {"body": "  "})
     assert empty.status == 400 and "a message has" in empty.text
     saved = await alice.post(edit_path, {"body": "second text"})
@@ -698,7 +704,9 @@ async def test_upload_with_a_message_then_download(
     refused.add_field("body", "and a program")
     refused.add_field("file", b"\x7fELF\x00\x01", filename="a.txt", content_type="text/plain")
     bad = await alice.request("POST", f"/threads/{thread.id}/messages", refused)
-    assert bad.status == 400 and "the file was not attached" in bad.text
+    assert bad.status == 400 and "may be uploaded" in bad.text and "and a program" in bad.text
+    assert await db.fetchval("SELECT count(*) FROM messages WHERE body = 'and a program'") == 0
+    assert await db.fetchval("SELECT count(*) FROM files") == 1
 
     no_token = FormData()
     no_token.add_field("body", "forged")
@@ -712,6 +720,65 @@ async def test_upload_with_a_message_then_download(
     stored = await alice.request("POST", f"/spaces/{space.id}/files", upload)
     assert (stored.status, stored.location) == (303, f"/spaces/{space.id}")
     assert "data.csv" in (await alice.get(f"/spaces/{space.id}")).text
+
+
+def file_form(csrf: str, body: str, data: bytes, name: str = "notes.txt") -> FormData:
+    form = FormData()
+    form.add_field("csrf", csrf)
+    form.add_field("body", body)
+    form.add_field("file", data, filename=name, content_type="text/plain")
+    return form
+
+
+def stored_bytes(data_dir: Path) -> list[Path]:
+    return sorted(path for path in data_dir.rglob("*") if path.is_file())
+
+
+async def test_a_message_with_a_file_is_posted_whole_or_not_at_all(
+    db: Database, clock: FakeClock, acme: People, tmp_path: Path
+) -> None:
+    settings = dataclasses.replace(SETTINGS, data_dir=tmp_path / "data", max_upload_bytes=1024)
+    app = build_app(settings, clock, db=db)
+    _, thread, _ = await space_with_thread(db, acme)
+    posts = f"/threads/{thread.id}/messages"
+    async with TestClient(TestServer(app), cookie_jar=DummyCookieJar()) as client:
+        alice = await as_user(client, db, clock, acme, acme.alice)
+        too_large = await alice.request("POST", posts, file_form(alice.csrf, "big", b"x" * 2000))
+        assert too_large.status == 400 and "at most 1024 bytes" in too_large.text
+        html_file = file_form(alice.csrf, "a page", b"<html><script>x</script>", "a.txt")
+        refused = await alice.request("POST", posts, html_file)
+        assert refused.status == 400 and "a page" in refused.text
+        blank = await alice.request("POST", posts, file_form(alice.csrf, "  ", b"fine\n"))
+        assert blank.status == 400 and "a message has" in blank.text
+        assert await db.fetchval("SELECT count(*) FROM messages") == 1  # the first one only
+        assert await db.fetchval("SELECT count(*) FROM files") == 0
+        assert stored_bytes(settings.data_dir) == []
+        posted = await alice.request("POST", posts, file_form(alice.csrf, "ok", b"fine\n"))
+        assert posted.status == 303, posted.text
+        message_id = int(posted.location.rpartition("#m")[2])
+        file_id = await db.fetchval("SELECT id FROM files WHERE message_id = ?", message_id)
+        assert stored_bytes(settings.data_dir) == [
+            files.tenant_files_dir(settings.data_dir, acme.tenant_id) / str(file_id)
+        ]
+
+
+async def test_old_messages_keep_their_attachments(
+    client: TestClient[Any, Any], db: Database, clock: FakeClock, acme: People, tmp_path: Path
+) -> None:
+    space, thread, message = await space_with_thread(db, acme)
+    root, t = tmp_path / "data", acme.tenant_id
+    await files.store_file(
+        db, t, acme.alice, space.id, b"old\n", "old-notes.txt", "text/plain", root=root,
+        max_bytes=1000, message_id=message.id,
+    )  # fmt: skip
+    for number in range(work.LIMIT_MAX + 1):  # newer files of the space, on no message
+        await files.store_file(
+            db, t, acme.alice, space.id, b"new\n", f"new-{number}.txt", "text/plain", root=root,
+            max_bytes=1000,
+        )  # fmt: skip
+    bob = await as_user(client, db, clock, acme, acme.bob)
+    page = await bob.get(f"/threads/{thread.id}")
+    assert ">old-notes.txt<" in page.text and "new-0.txt" not in page.text
 
 
 async def test_search_finds_a_posted_message(

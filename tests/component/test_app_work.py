@@ -203,6 +203,26 @@ async def test_post_edit_delete_and_history(db: Database, org: Org, clock: FakeC
         await work.message_history(db, t, org.bob, first.id)
 
 
+async def test_get_message_as_the_actor_may_see_it(db: Database, org: Org) -> None:
+    t = org.tenant_id
+    public = await work.create_space(db, t, org.alice, "general")
+    secret = await work.create_space(db, t, org.alice, "secret", private=True)
+    thread = await work.create_thread(db, t, org.alice, public.id, "topic")
+    message = await work.post_message(db, t, org.alice, thread.id, "hello")
+    assert await work.get_message(db, t, org.bob, message.id) == message
+    deleted = await work.delete_message(db, t, org.alice, message.id)
+    assert await work.get_message(db, t, org.bob, message.id) == deleted  # a placeholder
+    hidden_thread = await work.create_thread(db, t, org.alice, secret.id, "secret topic")
+    hidden = await work.post_message(db, t, org.alice, hidden_thread.id, "hidden words")
+    assert (await work.get_message(db, t, org.alice, hidden.id)).body == "hidden words"
+    for who, message_id in [
+        (org.bob, hidden.id), (org.owner, hidden.id), (org.guest, hidden.id),
+        (org.guest, message.id), (org.alice, 12345),
+    ]:  # fmt: skip
+        with pytest.raises(NotFound):
+            await work.get_message(db, t, who, message_id)
+
+
 async def test_guests_and_private_spaces(db: Database, org: Org) -> None:
     t = org.tenant_id
     public = await work.create_space(db, t, org.alice, "general")
@@ -395,6 +415,7 @@ async def test_tenants_are_isolated(db: Database, org: Org, clock: FakeClock) ->
         lambda: work.edit_message(db, t, a, theirs.message.id, "changed"),
         lambda: work.delete_message(db, t, org.owner, theirs.message.id),
         lambda: work.message_history(db, t, org.owner, theirs.message.id),
+        lambda: work.get_message(db, t, org.owner, theirs.message.id),
         lambda: work.mark_thread_read(db, t, a, theirs.thread.id),
         lambda: work.mark_thread_read(db, t, a, mine.thread.id, theirs.message.id),
         lambda: work.thread_unread_counts(db, t, a, theirs.space.id),
