@@ -52,6 +52,8 @@ class ApiContext:
     traffic: _Handler | None = None
     # POST /v1/tenants: provision a configured tenant in its slot's data.
     provision: Provisioner | None = None
+    # The `backups` list of GET /v1/status: per slot, its last good backup and last error.
+    backups: Callable[[], list[dict[str, Any]]] | None = None
 
 
 def build_api(ctx: ApiContext) -> web.Application:
@@ -120,7 +122,9 @@ class _Api:
 
     async def status(self, _: web.Request) -> web.Response:
         snap = self._ctx.consensus.snapshot()
-        return _json(status_document(self._ctx.cluster, self._ctx.server, self._ctx.pid, snap))
+        doc = status_document(self._ctx.cluster, self._ctx.server, self._ctx.pid, snap)
+        doc["backups"] = self._ctx.backups() if self._ctx.backups is not None else []
+        return _json(doc)
 
     async def decisions(self, _: web.Request) -> web.Response:
         return _json(decisions_document(self._ctx.consensus.snapshot()))

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agent.backupcmd import backup_now, list_backups, restore
 from agent.clock import SystemClock
 from agent.config import ClusterConfig, ConfigError, load_config
 from agent.configcheck import check_config_main
@@ -68,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--display-name", help="the organisation's name as people read it")
     create.add_argument("--config", default=DEFAULT_CONFIG)
 
+    _backup_parsers(sub)
+
     check = sub.add_parser("check-config", help="validate a cluster config file")
     check.add_argument("file")
     return parser
@@ -90,6 +93,23 @@ def _operator_parsers(sub: Any) -> None:
     resume.add_argument("--config", default=DEFAULT_CONFIG, help="agents and the operator token")
     resume.add_argument("--url", action="append", help="an agent's URL (repeatable)")
     resume.add_argument("--reason", default="resumed by an operator")
+
+
+def _backup_parsers(sub: Any) -> None:
+    backup = sub.add_parser("backup", help="back up slots whose data is on this machine, now")
+    backup.add_argument("--slot", action="append", help="only this slot (repeatable)")
+    backup.add_argument("--config", default=DEFAULT_CONFIG)
+
+    backups = sub.add_parser("backups", help="list the backups and their manifests")
+    backups.add_argument("--slot", help="only this slot's backups")
+    backups.add_argument("--config", default=DEFAULT_CONFIG)
+
+    back = sub.add_parser("restore", help="check a backup and make it a slot's data")
+    back.add_argument("slot")
+    back.add_argument("backup_file", help="a backup file (or its name in the backup directory)")
+    back.add_argument("--dry-run", action="store_true", help="show what would change, only")
+    back.add_argument("--yes", action="store_true", help="replace the slot's data (not --dry-run)")
+    back.add_argument("--config", default=DEFAULT_CONFIG)
 
 
 def _stops_parsers(sub: Any) -> None:
@@ -120,11 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     config = _load(args.config)
     if config is None:
         return EXIT_USAGE
-    if args.command == "agent":
-        return _agent(config, args.server, args.log_level)
-    if args.command == "tenant":
-        return tenant_create(config, args.name, args.admin_email, args.display_name)
-    return _up(Path(args.config), config)
+    return _LOCAL[args.command](config, args)
 
 
 # Commands that only talk to running agents (or read a file): they need no valid config.
@@ -138,6 +154,17 @@ _REMOTE: dict[str, Callable[[argparse.Namespace], int]] = {
     "stops": lambda a: _stops(a.config, a.url, a.json),
     "lift": lambda a: _operator(a.config, a.url, f"/v1/stops/{a.subdomain}/lift", a.reason),
     "pin": lambda a: _pin(a),
+}
+
+
+# Commands that act on this machine from a valid config.
+_LOCAL: dict[str, Callable[[ClusterConfig, argparse.Namespace], int]] = {
+    "agent": lambda c, a: _agent(c, a.server, a.log_level),
+    "up": lambda c, a: _up(Path(a.config), c),
+    "tenant": lambda c, a: tenant_create(c, a.name, a.admin_email, a.display_name),
+    "backup": lambda c, a: backup_now(c, a.slot),
+    "backups": lambda c, a: list_backups(c, a.slot),
+    "restore": lambda c, a: restore(c, a.slot, a.backup_file, a.dry_run, a.yes),
 }
 
 

@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from agent.config_backups import BackupsConfig
 from agent.config_rules import (
     MAX_PORT,
     check_dns_name,
@@ -348,6 +349,7 @@ class ClusterConfig(_FrozenModel):
     throttle: ThrottleConfig = ThrottleConfig()
     mqtt: MqttConfig | None = None
     app: AppConfig = AppConfig()
+    backups: BackupsConfig = BackupsConfig()
 
     @field_validator("data_dir", mode="before")
     @classmethod
@@ -356,6 +358,14 @@ class ClusterConfig(_FrozenModel):
             raise ValueError("must be a non-empty path")
         base_dir, _ = _context(info.context)
         return (base_dir / value).resolve()
+
+    @field_validator("backups")
+    @classmethod
+    def _backups(cls, backups: BackupsConfig, info: ValidationInfo) -> BackupsConfig:
+        if backups.dir is None or backups.dir.is_absolute():
+            return backups
+        base_dir, _ = _context(info.context)
+        return backups.model_copy(update={"dir": (base_dir / backups.dir).resolve()})
 
     @field_validator("servers")
     @classmethod
@@ -413,12 +423,18 @@ class ClusterConfig(_FrozenModel):
         """Tenant name -> name of the slot that serves it."""
         return {tenant: slot.name for slot in self.slots for tenant in slot.tenants}
 
+    @property
+    def backup_dir(self) -> Path:
+        """Where this server keeps its slots' backups."""
+        return self.backups.dir or self.data_dir / "backups"
+
     def is_voter(self, name: str) -> bool:
         return name in self.voters
 
     def digest(self) -> str:
-        """sha256 of everything but secrets and data_dir: equal digests mean agents agree."""
-        shared = self.model_dump(mode="json", exclude={"secrets", "data_dir"})
+        """sha256 of everything but secrets and local paths: equal digests mean agents agree."""
+        local: dict[str, Any] = {"secrets": True, "data_dir": True, "backups": {"dir"}}
+        shared = self.model_dump(mode="json", exclude=local)
         canonical = json.dumps(shared, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
         return hashlib.sha256(canonical.encode()).hexdigest()
 

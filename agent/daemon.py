@@ -14,6 +14,7 @@ from typing import Any, Final
 import structlog
 from aiohttp import web
 
+from agent.backups import BackupKeeper
 from agent.clock import Clock
 from agent.driver import ServerDriver
 from agent.loop import DecisionLoop
@@ -47,6 +48,8 @@ class AgentParts:
     background: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = field(
         default_factory=list
     )
+    # The daily backups of the slots served here (its run is in `background` when enabled).
+    backups: BackupKeeper | None = None
 
 
 class StartupError(Exception):

@@ -39,6 +39,8 @@ class InstanceSpec:
     # postgresql://... (a secret: handed over in the environment, never in argv or repr).
     database_url: str | None = field(default=None, repr=False)
     max_upload_mb: int | None = None
+    # Addresses or CIDR ranges whose X-Forwarded-For the app believes (the cluster's edges).
+    trusted_proxies: tuple[str, ...] = ()
 
     @property
     def address(self) -> str:
@@ -333,4 +335,6 @@ def _app_arguments(spec: InstanceSpec) -> list[str]:
         args += ["--max-upload-mb", str(spec.max_upload_mb)]
     for tenant in spec.tenants:
         args += ["--tenant", tenant]
+    for proxy in spec.trusted_proxies:
+        args += ["--trusted-proxy", proxy]
     return args

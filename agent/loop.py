@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -302,7 +303,26 @@ class DecisionLoop:
             overlap_log=self._config.data_dir / "overlap" / f"{slot}.log",
             database_url=None if url is None else url.get_secret_value(),
             max_upload_mb=self._config.app.max_upload_mb,
+            trusted_proxies=app_trusted_proxies(self._config),
         )
+
+
+def app_trusted_proxies(config: ClusterConfig) -> tuple[str, ...]:
+    """Whose X-Forwarded-For an app instance believes: every server of the cluster (their
+    edges forward to it) and the configured trusted proxies. A server named by a hostname
+    other than localhost is left out (the app takes addresses only): list its edge's address
+    in throttle.trusted_proxies."""
+    found: list[str] = []
+    for server in config.servers:
+        if server.host == "localhost":
+            found += ["127.0.0.1/32", "::1/128"]
+            continue
+        try:
+            found.append(str(ipaddress.ip_network(server.host)))
+        except ValueError:
+            continue
+    found += [str(network) for network in config.throttle.trusted_proxies]
+    return tuple(dict.fromkeys(found))
 
 
 def _relevant(snap: Snapshot) -> tuple[object, ...]:

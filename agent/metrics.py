@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import get_args
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
@@ -125,6 +125,31 @@ class AgentMetrics:
             "moonwatch_instance_actions_total",
             "App instances started or stopped by this agent",
             ["action"],
+            registry=self.registry,
+        )
+
+        self.backup_last_success = Gauge(
+            "moonwatch_backup_last_success_timestamp_seconds",
+            "When the last checked backup of each slot this agent backs up was made (epoch s)",
+            ["slot"],
+            registry=self.registry,
+        )
+        self.backup_failures = Counter(
+            "moonwatch_backup_failures",
+            "Backups of a slot that failed (error, failed check, timeout, full disk)",
+            ["slot"],
+            registry=self.registry,
+        )
+        self.backup_duration = Histogram(
+            "moonwatch_backup_duration_seconds",
+            "Duration of one slot's backup, its check included",
+            registry=self.registry,
+            buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 3600),
+        )
+        self.backup_bytes = Gauge(
+            "moonwatch_backup_bytes",
+            "Size of the last checked backup of each slot",
+            ["slot"],
             registry=self.registry,
         )
 

@@ -31,7 +31,8 @@ def fetch_status(urls: list[str], timeout_s: float = 2.0) -> tuple[str, dict[str
     raise StatusUnavailable("no agent answered:\n  " + "\n  ".join(failures))
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+def table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    """Left-aligned columns as wide as their widest cell, one line per row."""
     widths = [
         max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
     ]
@@ -61,7 +62,7 @@ def render_status(source: str, doc: dict[str, Any]) -> str:
         ]
         for s in doc.get("servers", [])
     ]
-    lines += _table(["  SERVER", "ROLE", "STATE", "INCARNATION", "DOMAIN", "RAFT"], servers)
+    lines += table(["  SERVER", "ROLE", "STATE", "INCARNATION", "DOMAIN", "RAFT"], servers)
     lines.append("")
     slots = [
         [
@@ -73,7 +74,7 @@ def render_status(source: str, doc: dict[str, Any]) -> str:
         ]
         for s in doc.get("slots", [])
     ]
-    lines += _table(["SLOT", "OWNER", "STATE", "EPOCH", "TENANTS"], slots)
+    lines += table(["SLOT", "OWNER", "STATE", "EPOCH", "TENANTS"], slots)
     change = doc.get("voter_change")
     if isinstance(change, dict):
         lines += [
@@ -116,7 +117,7 @@ def render_stops(doc: dict[str, Any]) -> str:
         ]
         for s in stops
     ]
-    return "\n".join(_table(["SUBDOMAIN", "LEFT", "STOP", "REASON"], rows))
+    return "\n".join(table(["SUBDOMAIN", "LEFT", "STOP", "REASON"], rows))
 
 
 def fetch_json(urls: list[str], path: str, timeout_s: float = 2.0) -> tuple[int, dict[str, Any]]:

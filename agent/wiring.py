@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from agent.api import ApiContext, build_api
+from agent.backups import BackupKeeper, SubprocessBackups, slots_to_back_up
 from agent.clock import Clock
 from agent.config import ClusterConfig
 from agent.daemon import AgentParts, next_incarnation, store_incarnation
@@ -100,6 +101,14 @@ def build_agent(
             "overload_holds": getattr(driver, "overload_holds", 0),
         },
     )
+    backups = BackupKeeper(
+        settings=config.backups,
+        backup_dir=config.backup_dir,
+        runner=SubprocessBackups(config, clock),
+        serving=lambda: slots_to_back_up(consensus.snapshot().state, server, driver.instances()),
+        clock=clock,
+        metrics=metrics,
+    )
     loop = DecisionLoop(
         config=config,
         server=server,
@@ -126,6 +135,7 @@ def build_agent(
             api_token=config.secrets.api_token.get_secret_value(),
             traffic=reports.handler,
             provision=functools.partial(provision, config),
+            backups=backups.statuses,
         )
     )
     keeper = VoterKeeper(
@@ -164,7 +174,14 @@ def build_agent(
         edge=edge,
         clock=clock,
         shutdown_timeout_s=config.timing.shutdown_timeout_s,
-        background=[leases.run, watch.runner.run, keeper.run, *reports.loops],
+        background=[
+            leases.run,
+            watch.runner.run,
+            keeper.run,
+            *reports.loops,
+            *([backups.run] if config.backups.enabled else []),
+        ],
+        backups=backups,
     )
 
 

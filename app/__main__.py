@@ -14,6 +14,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from app.access_log import PathOnlyAccessLogger
+from app.client_address import parse_networks
 from app.clock import Clock, SystemClock, pause
 from app.control import ControlProtocol, read_stdin
 from app.db import Database, DatabaseError, open_database, redact_dsn, sqlite_path
@@ -123,6 +125,13 @@ def _database_url(text: str) -> str:
     return text
 
 
+def _trusted_proxy(text: str) -> str:
+    try:
+        return str(parse_networks([text])[0])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid proxy range {text!r} (CIDR)") from None
+
+
 def _upload_mb(text: str) -> int:
     try:
         value = int(text)
@@ -169,6 +178,13 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_UPLOAD_BYTES // MIB,
         help="largest uploaded file in MiB (default: %(default)s)",
     )
+    arg(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        type=_trusted_proxy,
+        help="believe X-Forwarded-For from peers in this CIDR range (repeat for each)",
+    )
     return parser
 
 
@@ -194,6 +210,7 @@ def parse_settings(argv: Sequence[str]) -> AppSettings:
         overlap_log=ns.overlap_log,
         database_url=ns.database_url,
         max_upload_bytes=ns.max_upload_mb * MIB,
+        trusted_proxies=tuple(dict.fromkeys(ns.trusted_proxy)),
     )
 
 
@@ -266,7 +283,9 @@ async def _serve(
     for signum in SIGNALS:
         loop.add_signal_handler(signum, shutdown.request, f"signal {signum.name}")
     app = build_app(settings, clock, fence, db)
-    runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    runner = web.AppRunner(
+        app, shutdown_timeout=SHUTDOWN_TIMEOUT_S, access_log_class=PathOnlyAccessLogger
+    )
     control: ControlProtocol | None = None
     tasks: list[asyncio.Task[None]] = []
     try:

@@ -74,6 +74,7 @@ from app.sessions import (
     revoke_session,
     revoke_session_by_id,
     session_user,
+    sign_out_everywhere,
 )
 from app.settings import TENANT_LABEL
 
@@ -127,6 +128,7 @@ __all__ = [
     "revoke_session_by_id",
     "session_user",
     "set_role",
+    "sign_out_everywhere",
     "tenant_by_name",
     "token_user",
     "update_profile",

@@ -12,6 +12,7 @@ from app import tokens
 from app.clock import Clock
 from app.db import Conflict, Database
 from app.ids import new_id
+from app.password_policy import policy_problem, set_password_hash
 from app.passwords import PASSWORD_HASHER, hash_password
 from app.people import (
     LIST_LIMIT_MAX,
@@ -20,9 +21,9 @@ from app.people import (
     InvitationExpired,
     InvitationUsed,
     NotFound,
+    PolicyViolation,
     Role,
     User,
-    check_password,
     checked_role,
     clean_display_name,
     duration_ms,
@@ -31,6 +32,7 @@ from app.people import (
     now_ms,
     require_manager,
 )
+from app.tenant_settings import load_settings
 
 
 @dataclass(frozen=True)
@@ -208,7 +210,10 @@ async def accept_invitation(
     AlreadyExists, each without changing anything; an invitation is accepted at most once.
     """
     name = clean_display_name(display_name)
-    check_password(password)
+    settings = await load_settings(db, tenant_id)
+    problem = policy_problem(password, settings)
+    if problem is not None:
+        raise PolicyViolation(problem)
     invitation = await _open_invitation(db, tenant_id, token, now_ms(clock))
     digest = await hash_password(password, hasher=hasher)  # slow: outside the transaction
     now = now_ms(clock)
@@ -216,6 +221,8 @@ async def accept_invitation(
         await _claim_invitation(tx, tenant_id, int(invitation["id"]), now)
         try:
             user_id = await _join(tx, tenant_id, invitation, name, digest, now)
+            keep = settings.password_history
+            await set_password_hash(tx, tenant_id, user_id, digest, keep, now)
         except Conflict:  # the address joined through another invitation meanwhile
             raise AlreadyExists("this workspace has an account with that e-mail already") from None
     return await get_user(db, tenant_id, user_id)

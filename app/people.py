@@ -82,6 +82,10 @@ class User:
     active: bool
     password_set: bool
     created_at: int
+    # When the password was last set (None: before such records), and whether an
+    # administrator asked for a new one: with the tenant's policy, whether it has expired.
+    password_changed_at: int | None = None
+    must_change_password: bool = False
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,10 @@ class UserPage:
     next_after_id: int | None
 
 
-_USER_FIELDS = ("id", "tenant_id", "email", "display_name", "role", "active", "created_at")
+_USER_FIELDS = (
+    *("id", "tenant_id", "email", "display_name", "role", "active", "created_at"),
+    *("password_changed_at", "must_change_password"),
+)
 
 
 def user_columns(alias: str = "users") -> str:
@@ -112,7 +119,13 @@ def user_from_row(row: dict[str, Any]) -> User:
         active=bool(row["active"]),
         password_set=bool(row["password_set"]),
         created_at=int(row["created_at"]),
+        password_changed_at=_optional_int(row.get("password_changed_at")),
+        must_change_password=bool(row.get("must_change_password")),
     )
+
+
+def _optional_int(value: object) -> int | None:
+    return None if value is None else int(str(value))
 
 
 def tenant_from_row(row: dict[str, Any]) -> Tenant:

@@ -11,6 +11,10 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
 from app import pages, web_api, web_pages
+from app.access import NETWORK_ACCESS, NetworkAccess
+from app.api_headers import secure_api_response
+from app.audit_retention import AuditRetention
+from app.client_address import TRUSTED_PROXIES, parse_networks
 from app.clock import Clock, SystemClock
 from app.db import Database, DatabaseError
 from app.fence import GateStatus, RequestGate
@@ -160,12 +164,22 @@ def build_app(
     open database, which /readyz probes (without one, /readyz answers 503).
     """
     clock = clock or SystemClock()
-    site = _Site(settings, clock.wall_now(), gate or _AlwaysServing(), db)
+    gate = gate or _AlwaysServing()
+    site = _Site(settings, clock.wall_now(), gate, db)
     api = web_api.WebApi(clock, db, site._tenant, settings)
     html = web_pages.HtmlPages(clock, db, site._tenant, settings)
-    middlewares = [site.fence_tenant_requests, site.not_found_pages, api.errors]
+    access = NetworkAccess(clock, db, site._tenant, PROBE_PATHS)
+    # The network restriction runs inside the API's error wrapper: its own failures are JSON too.
+    middlewares = [site.fence_tenant_requests, site.not_found_pages, api.errors, access.restrict]
     app = web.Application(middlewares=middlewares)
+    app[TRUSTED_PROXIES] = parse_networks(settings.trusted_proxies)
+    app[NETWORK_ACCESS] = access
     app.on_response_prepare.append(site.stamp_instance)
+    app.on_response_prepare.append(secure_api_response)
+    if db is not None:
+        retention = AuditRetention(db, settings.tenants, clock, lambda: gate.status().serving)
+        app.on_startup.append(retention.start)
+        app.on_cleanup.append(retention.stop)
     app.router.add_get(HEALTH_PATH, site.healthz)
     app.router.add_get(READY_PATH, site.readyz)
     html.setup(app)  # the landing page at "/" and every other HTML page

@@ -4,6 +4,7 @@ cookie token and revoked one by one or all at once. Tokens are stored only as ha
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from argon2 import PasswordHasher
 
@@ -11,6 +12,8 @@ from app import tokens
 from app.clock import Clock
 from app.db import Database
 from app.ids import new_id
+from app.lockout import is_locked, note_failure, note_success
+from app.password_policy import check_new_password, policy_problem, set_password_hash
 from app.passwords import (
     PASSWORD_HASHER,
     PASSWORD_MAX_LENGTH,
@@ -20,19 +23,24 @@ from app.passwords import (
 )
 from app.people import (
     LAST_SEEN_STEP_MS,
+    Forbidden,
     InvalidCredentials,
     NotFound,
+    PolicyViolation,
     User,
-    check_password,
     duration_ms,
     find_user,
+    get_user,
     now_ms,
+    require_manager,
     user_columns,
     user_from_row,
 )
+from app.tenant_settings import SecuritySettings, load_settings
 
 MAX_USER_AGENT = 512
 MAX_IP = 64
+SIGN_IN_REFUSED = "wrong e-mail address or password"
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,17 @@ class SessionInfo:
 # ---------------------------------------------------------------- sign-in
 
 
+class SignInRefused(InvalidCredentials):
+    """A refused sign-in: always the one message; ``reason`` (wrong_password, unknown_user,
+    inactive, locked) and ``locked_now`` are for the audit log, never for the answer."""
+
+    def __init__(self, reason: str, user_id: int | None = None, locked_now: bool = False):
+        super().__init__(SIGN_IN_REFUSED)
+        self.reason = reason
+        self.user_id = user_id
+        self.locked_now = locked_now
+
+
 async def authenticate(
     db: Database,
     tenant_id: int,
@@ -58,28 +77,37 @@ async def authenticate(
     password: str,
     *,
     hasher: PasswordHasher = PASSWORD_HASHER,
+    clock: Clock | None = None,
+    settings: SecuritySettings | None = None,
 ) -> User:
-    """The active user with this e-mail (any case) and password, else InvalidCredentials.
+    """The active, unlocked user with this e-mail (any case) and password, else SignInRefused.
 
-    An unknown address, an inactive user or one without a password costs one dummy
-    verification, so the time taken does not tell them apart from a wrong password. A hash
-    made with older parameters is replaced on success.
+    An unknown address, an inactive or locked user or one without a password costs one dummy
+    verification, so neither the answer nor its time tells them apart from a wrong password.
+    A wrong password counts towards the tenant's lockout (``settings``, else loaded); a right
+    one resets the count. A hash made with older parameters is replaced on success.
     """
-    refused = InvalidCredentials("wrong e-mail address or password")
     if len(password) > PASSWORD_MAX_LENGTH:
-        raise refused  # never hashed: no account is looked at, so nothing leaks
+        raise SignInRefused("wrong_password")  # never hashed: no account is looked at
     row = await db.fetchrow(
-        f"SELECT {user_columns()}, password_hash FROM users"
-        " WHERE tenant_id = ? AND lower(email) = ?",
+        f"SELECT {user_columns()}, password_hash, failed_sign_ins, locked_until, locked_by_admin"
+        " FROM users WHERE tenant_id = ? AND lower(email) = ?",
         tenant_id,
         email.strip().lower(),
     )
-    if row is None or not row["active"] or row["password_hash"] is None:
+    now = now_ms(clock)
+    refusal = _refusal(row, now)
+    if refusal is not None:
         await dummy_verify(password, hasher=hasher)
-        raise refused
+        raise refusal
+    assert row is not None  # _refusal answers every other case
+    user_id = int(row["id"])
     result = await verify_password(str(row["password_hash"]), password, hasher=hasher)
     if not result.ok:
-        raise refused
+        policy = settings or await load_settings(db, tenant_id)
+        state = await note_failure(db, tenant_id, user_id, policy, now)
+        raise SignInRefused("wrong_password", user_id, state.locked_now)
+    await note_success(db, tenant_id, user_id)
     if result.new_hash is not None:
         await db.execute(
             "UPDATE users SET password_hash = ?"
@@ -87,6 +115,17 @@ async def authenticate(
             *(result.new_hash, tenant_id, row["id"], row["password_hash"]),
         )
     return user_from_row(row)
+
+
+def _refusal(row: dict[str, Any] | None, now: int) -> SignInRefused | None:
+    """Why a user row may not sign in whatever the password, or None when it may try."""
+    if row is None:
+        return SignInRefused("unknown_user")
+    if not row["active"] or row["password_hash"] is None:
+        return SignInRefused("inactive", int(row["id"]))
+    if is_locked(row, now):
+        return SignInRefused("locked", int(row["id"]))
+    return None
 
 
 # ---------------------------------------------------------------- sessions
@@ -118,16 +157,23 @@ async def create_session(
 
 
 async def session_user(
-    db: Database, tenant_id: int, token: str, idle_timeout_s: float, clock: Clock
+    db: Database,
+    tenant_id: int,
+    token: str,
+    idle_timeout_s: float,
+    clock: Clock,
+    *,
+    lifetime_s: float | None = None,
 ) -> User | None:
     """The user a session token signs in, or None when the session is unknown here, expired,
-    revoked, idle for longer than ``idle_timeout_s`` or its user is inactive. Moves the
-    session's last_seen_at (at most once a minute)."""
+    older than ``lifetime_s`` (when given: the tenant's lifetime now), revoked, idle for
+    longer than ``idle_timeout_s`` or its user is inactive. Moves the session's last_seen_at
+    (at most once a minute)."""
     if not tokens.plausible_token(token):
         return None
     row = await db.fetchrow(
         f"SELECT {user_columns('u')}, s.id AS session_id, s.last_seen_at AS last_seen_at,"
-        " s.expires_at AS expires_at, s.revoked_at AS revoked_at"
+        " s.expires_at AS expires_at, s.revoked_at AS revoked_at, s.created_at AS started_at"
         " FROM sessions s JOIN users u ON u.tenant_id = s.tenant_id AND u.id = s.user_id"
         " WHERE s.tenant_id = ? AND s.token_hash = ?",
         tenant_id,
@@ -138,6 +184,8 @@ async def session_user(
         return None
     last_seen = int(row["last_seen_at"])
     if int(row["expires_at"]) <= now or now - last_seen > idle_timeout_s * 1000:
+        return None
+    if lifetime_s is not None and now - int(row["started_at"]) >= lifetime_s * 1000:
         return None
     if now - last_seen >= LAST_SEEN_STEP_MS:
         await db.execute(
@@ -247,11 +295,14 @@ async def change_password(
     """Give an active user the password ``new`` once ``current`` checks out, and revoke their
     other sessions (all but ``keep_token``'s); return how many were revoked.
 
-    PolicyViolation when ``new`` breaks the policy, InvalidCredentials when ``current`` is
-    wrong (or the user is inactive, or the password changed meanwhile); nothing changes then.
-    Hashing and verifying run off the event loop.
+    PolicyViolation when ``new`` breaks the tenant's policy (or is a recent password),
+    InvalidCredentials when ``current`` is wrong (or the user is inactive, or the password
+    changed meanwhile); nothing changes then. Hashing and verifying run off the event loop.
     """
-    check_password(new)
+    settings = await load_settings(db, tenant_id)
+    problem = policy_problem(new, settings)
+    if problem is not None:
+        raise PolicyViolation(problem)
     refused = InvalidCredentials("the current password is wrong")
     if len(current) > PASSWORD_MAX_LENGTH:
         raise refused
@@ -265,7 +316,9 @@ async def change_password(
         raise refused
     if not (await verify_password(str(row["password_hash"]), current, hasher=hasher)).ok:
         raise refused
+    await check_new_password(db, tenant_id, user_id, new, settings, hasher=hasher)
     digest = await hash_password(new, hasher=hasher)
+    now = now_ms(clock)
     async with db.transaction() as tx:
         changed = await tx.execute(
             "UPDATE users SET password_hash = ?"
@@ -274,4 +327,38 @@ async def change_password(
         )
         if changed != 1:
             raise refused
-        return await _revoke_others(tx, tenant_id, user_id, _kept_hash(keep_token), now_ms(clock))
+        await set_password_hash(tx, tenant_id, user_id, digest, settings.password_history, now)
+        return await _revoke_others(tx, tenant_id, user_id, _kept_hash(keep_token), now)
+
+
+async def sign_out_everywhere(
+    db: Database,
+    tenant_id: int,
+    user_id: int,
+    by: int,
+    *,
+    revoke_tokens: bool = False,
+    clock: Clock | None = None,
+) -> tuple[int, int]:
+    """An administrator ends every session of a user, and with ``revoke_tokens`` their API
+    tokens too; return how many sessions and tokens were live. Owners and admins may; only an
+    owner may do it to an owner."""
+    actor = await require_manager(db, tenant_id, by)
+    target = await get_user(db, tenant_id, user_id)
+    if target.role == "owner" and actor.role != "owner" and by != user_id:
+        raise Forbidden("only an owner may sign out an owner")
+    now = now_ms(clock)
+    async with db.transaction() as tx:
+        sessions = await tx.execute(
+            "UPDATE sessions SET revoked_at = ?"
+            " WHERE tenant_id = ? AND user_id = ? AND revoked_at IS NULL",
+            *(now, tenant_id, user_id),
+        )
+        revoked = 0
+        if revoke_tokens:
+            revoked = await tx.execute(
+                "UPDATE api_tokens SET revoked_at = ?"
+                " WHERE tenant_id = ? AND user_id = ? AND revoked_at IS NULL",
+                *(now, tenant_id, user_id),
+            )
+    return sessions, revoked

@@ -40,3 +40,5 @@ class AppSettings:
     database_url: str | None = None
     # The largest uploaded file, in bytes (the upload route's body limit, not the JSON cap).
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    # CIDR ranges of the proxies (the cluster's edges) whose X-Forwarded-For is believed.
+    trusted_proxies: tuple[str, ...] = ()

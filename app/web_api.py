@@ -23,6 +23,8 @@ from app.clock import Clock
 from app.db import Database
 from app.second_factor import Proof, SecondFactorNeeded
 from app.settings import DEFAULT_MAX_UPLOAD_BYTES, AppSettings
+from app.web_api_security import SecurityApi
+from app.web_audit_log import audit_listing
 from app.web_auth import (
     CHALLENGE,
     ApiAuth,
@@ -82,16 +84,6 @@ async def _messages_with_files(call: Call, messages: list[work.Message]) -> list
     return [message_json(m, handles, attached.get(m.id, [])) for m in messages]
 
 
-def _proof(body: dict[str, Any]) -> Proof | None:
-    """The second factor a sign-in body offers ("totp_code" or "recovery_code"), if any."""
-    totp, recovery = field(body, "totp_code", ""), field(body, "recovery_code", "")
-    if totp.strip():
-        return Proof(totp_code=totp.strip())
-    if recovery.strip():
-        return Proof(recovery_code=recovery.strip())
-    return None
-
-
 class WebApi:
     """The /api/v1 routes of one app, and the middleware that turns failures into JSON."""
 
@@ -110,6 +102,7 @@ class WebApi:
         self._files = FileRoutes(
             None if settings is None else settings.data_dir,
             DEFAULT_MAX_UPLOAD_BYTES if settings is None else settings.max_upload_bytes,
+            clock,
         )
         self._tenant_ids: dict[str, int] = {}  # tenants are never renamed nor reused
 
@@ -127,10 +120,13 @@ class WebApi:
             tenant_id = self._tenant_ids[name] = tenant.id
         return self._db, tenant_id, name
 
-    def _authed(self, endpoint: Callable[[Call], Awaitable[web.StreamResponse]]) -> Handler:
+    def _authed(
+        self, endpoint: Callable[[Call], Awaitable[web.StreamResponse]], expired_ok: bool = False
+    ) -> Handler:
         async def handle(request: web.Request) -> web.StreamResponse:
             db, tenant_id, name = await self._tenant(request)
-            caller = await ApiAuth(db, self._clock).caller(request, tenant_id, name)
+            auth = ApiAuth(db, self._clock)
+            caller = await auth.caller(request, tenant_id, name, expired_ok=expired_ok)
             return await endpoint(Call(db, caller, request))
 
         return handle
@@ -183,8 +179,11 @@ class WebApi:
         router.add_post(f"{p}/mentions/read", a(self.mark_mentions_read))
         router.add_get(f"{p}/unread", a(self.unread))
         router.add_get(f"{p}/search", a(self.search))
+        router.add_get(f"{p}/admin/audit", a(audit_listing))
         for method, path, endpoint in self._files.routes(p):
             router.add_route(method, path, a(endpoint))
+        for method, path, endpoint, expired_ok in SecurityApi(self._clock).routes(p):
+            router.add_route(method, path, a(endpoint, expired_ok))
 
     # ------------------------------------------------------------ session
 
@@ -195,7 +194,7 @@ class WebApi:
         db, tenant_id, name = await self._tenant(request)
         body = await json_object(request)
         email, password = field(body, "email"), field(body, "password")
-        proof = _proof(body)
+        proof = Proof.offered(field(body, "totp_code", ""), field(body, "recovery_code", ""))
         try:
             user, token = await ApiAuth(db, self._clock).sign_in(
                 request, tenant_id, email, password, proof

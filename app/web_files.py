@@ -14,7 +14,9 @@ from pathlib import Path
 
 from aiohttp import BodyPartReader, MultipartReader, hdrs, web
 
-from app import files
+from app import audit, files
+from app.client_address import client_ip
+from app.clock import Clock
 from app.files import TooLarge, UnsupportedType
 from app.web_auth import ApiError
 from app.web_input import Call, id_cursor, page_limit, parse_id, path_id
@@ -40,9 +42,12 @@ class FileRoutes:
     """The file endpoints of one app: ``root`` is the slot's data directory (None: no file
     storage, every file route answers 503), ``max_upload_bytes`` the largest file."""
 
-    def __init__(self, root: Path | None, max_upload_bytes: int) -> None:
+    def __init__(
+        self, root: Path | None, max_upload_bytes: int, clock: Clock | None = None
+    ) -> None:
         self._root = root
         self._max_bytes = max_upload_bytes
+        self._clock = clock
 
     def routes(self, prefix: str) -> list[tuple[str, str, Endpoint]]:
         """(method, path, endpoint) of each route, for the API to register behind its auth."""
@@ -112,6 +117,14 @@ class FileRoutes:
             hdrs.CONTENT_TYPE: record.content_type,
             hdrs.CONTENT_DISPOSITION: files.content_disposition(record.original_name),
         }
+        if call.request.method == "GET":
+            user = call.caller.user
+            await audit.record(
+                call.db, call.tenant_id, "file_download", user_id=user.id, actor=user.email,
+                target=f"file {record.id}", ip=client_ip(call.request),
+                detail={"file_id": str(record.id), "name": record.original_name},
+                clock=self._clock,
+            )  # fmt: skip
         return web.FileResponse(path, chunk_size=READ_BYTES, headers=headers)
 
     async def delete(self, call: Call) -> web.StreamResponse:

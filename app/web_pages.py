@@ -11,6 +11,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
+from app.account_audit import note
 from app.accounts import (
     AlreadyExists,
     InvalidCredentials,
@@ -22,6 +23,7 @@ from app.accounts import (
 from app.clock import Clock
 from app.db import Database, Unavailable
 from app.settings import AppSettings
+from app.tenant_settings import load_settings
 from app.web_auth import ApiAuth, clear_session_cookie, set_session_cookie
 from app.web_forms import (
     CSRF_COOKIE,
@@ -34,6 +36,8 @@ from app.web_forms import (
     tokens_match,
 )
 from app.web_pages_admin import AdminPages
+from app.web_pages_audit import AuditPages
+from app.web_pages_security import SecurityPages
 from app.web_pages_settings import SettingsPages
 from app.web_pages_spaces import SpacePages
 from app.web_pages_threads import ThreadPages
@@ -47,6 +51,7 @@ from app.web_pages_view import (
     redirect,
     when,
 )
+from app.web_second_factor import SecondFactorNeeded, SecondFactorPages
 
 STATIC_HEADERS = {
     "Cache-Control": "public, max-age=31536000, immutable",
@@ -62,11 +67,15 @@ class HtmlPages:
         self, clock: Clock, db: Database | None, tenant_of: TenantOf, settings: AppSettings
     ) -> None:
         self.site = PageSite(clock, db, tenant_of, settings)
+        self._second_factor = SecondFactorPages(self.site)
         self._sections = (
             SpacePages(self.site),
             ThreadPages(self.site),
             SettingsPages(self.site),
             AdminPages(self.site),
+            SecurityPages(self.site),
+            AuditPages(self.site),
+            self._second_factor,
         )
 
     def setup(self, app: web.Application) -> None:
@@ -151,6 +160,8 @@ class HtmlPages:
         auth = ApiAuth(db, self.site.clock)
         try:
             _, session = await auth.sign_in(request, tenant.id, email, form.text("password"))
+        except SecondFactorNeeded as needed:  # right password: the code comes next
+            return await self._second_factor.challenge(request, db, tenant, needed.user, target)
         except InvalidCredentials:
             return await self._login_page(
                 request, tenant, email=email, target=target, error=SIGN_IN_FAILED, status=401
@@ -160,7 +171,9 @@ class HtmlPages:
         return response
 
     async def logout(self, viewer: Viewer, form: Form) -> web.StreamResponse:
-        await revoke_session(viewer.db, viewer.tenant_id, viewer.session, clock=self.site.clock)
+        db, tenant_id, clock = viewer.db, viewer.tenant_id, self.site.clock
+        await revoke_session(db, tenant_id, viewer.session, clock=clock)
+        await note(db, tenant_id, viewer.request, "sign_out", clock=clock, user=viewer.user)
         response = redirect("/login")
         clear_session_cookie(viewer.request, response)
         return response
@@ -181,6 +194,7 @@ class HtmlPages:
         context = {
             "invitation": invitation, "token": token, "login_csrf": csrf, "error": error,
             "display_name": "" if form is None else form.text("display_name"),
+            "min_length": (await load_settings(db, tenant.id)).password_min_length,
         }  # fmt: skip
         status = 200 if error is None else 400
         response = await self.site.render(request, tenant, "join.html", context, status=status)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from app import accounts
-from app.accounts import PolicyViolation
+from app.account_audit import note
+from app.accounts import InvalidCredentials, PolicyViolation
+from app.password_policy import EXPIRED
+from app.tenant_settings import load_settings
 from app.web_auth import READ_SCOPE, WRITE_SCOPE, clear_session_cookie
 from app.web_forms import Form, route_id
 from app.web_pages_view import Notice, PageSite, Viewer, redirect
@@ -13,6 +18,7 @@ from app.web_pages_view import Notice, PageSite, Viewer, redirect
 SCOPES = (READ_SCOPE, WRITE_SCOPE)
 MAX_TOKEN_DAYS = 3650
 DAY_S = 86_400
+EXPIRED_NOTICE = EXPIRED[0].upper() + EXPIRED[1:] + "."
 # What ``/settings?done=...`` confirms; anything else shows nothing.
 DONE = {
     "profile": "Your profile is saved.",
@@ -59,8 +65,9 @@ class SettingsPages:
             "tokens": await accounts.list_api_tokens(db, tenant_id, user.id),
             "scopes": SCOPES,
             "done": DONE.get(viewer.request.query.get("done", "")),
-            "error": notice.error,
+            "error": notice.error or (EXPIRED_NOTICE if viewer.password_expired else None),
             "values": notice.values,
+            "min_length": (await load_settings(db, tenant_id)).password_min_length,
         }
         return await self.site.render(
             viewer.request, viewer.tenant, "settings.html", context, viewer=viewer
@@ -78,19 +85,33 @@ class SettingsPages:
         new = form.text("new_password")
         if new != form.text("confirm"):
             raise PolicyViolation("the two new passwords differ")
-        await accounts.change_password(
-            viewer.db, viewer.tenant_id, viewer.user.id, form.text("current_password"), new,
-            keep_token=viewer.session, clock=self.site.clock,
-        )  # fmt: skip
+        try:
+            revoked = await accounts.change_password(
+                viewer.db, viewer.tenant_id, viewer.user.id, form.text("current_password"), new,
+                keep_token=viewer.session, clock=self.site.clock,
+            )  # fmt: skip
+        except InvalidCredentials:
+            await self._note(viewer, "password_change", "wrong_password")
+            raise
+        await self._note(viewer, "password_change", detail={"sessions_revoked": revoked})
         return redirect("/settings?done=password")
+
+    async def _note(self, viewer: Viewer, action: str, result: str = "ok", **kw: Any) -> None:
+        """Record an action of the viewer on their own account."""
+        kw.setdefault("target", f"user {viewer.user.id}")
+        await note(
+            viewer.db, viewer.tenant_id, viewer.request, action, result, clock=self.site.clock,
+            user=viewer.user, **kw,
+        )  # fmt: skip
 
     async def sign_out_session(self, viewer: Viewer, form: Form) -> web.StreamResponse:
         db, tenant_id = viewer.db, viewer.tenant_id
         session_id = route_id(viewer.request, "session")
         current = await accounts.current_session_id(db, tenant_id, viewer.session)
-        await accounts.revoke_session_by_id(
+        if await accounts.revoke_session_by_id(
             db, tenant_id, viewer.user.id, session_id, clock=self.site.clock
-        )
+        ):
+            await self._note(viewer, "session_revoked", detail={"session": str(session_id)})
         if session_id != current:
             return redirect("/settings?done=session")
         response = redirect("/login")
@@ -98,9 +119,10 @@ class SettingsPages:
         return response
 
     async def sign_out_others(self, viewer: Viewer, form: Form) -> web.StreamResponse:
-        await accounts.revoke_other_sessions(
+        revoked = await accounts.revoke_other_sessions(
             viewer.db, viewer.tenant_id, viewer.user.id, viewer.session, clock=self.site.clock
         )
+        await self._note(viewer, "session_revoked", detail={"sessions": revoked, "others": True})
         return redirect("/settings?done=sessions")
 
     async def create_token(self, viewer: Viewer, form: Form) -> web.StreamResponse:
@@ -114,6 +136,7 @@ class SettingsPages:
             viewer.db, viewer.tenant_id, viewer.user.id, name, scopes, ttl_s,
             clock=self.site.clock,
         )  # fmt: skip
+        await self._note(viewer, "token_created", detail={"name": name.strip(), "scopes": scopes})
         context = {"token": token, "name": name.strip(), "scopes": scopes, "ttl_s": ttl_s}
         return await self.site.render(
             viewer.request, viewer.tenant, "token_created.html", context, viewer=viewer
@@ -121,7 +144,8 @@ class SettingsPages:
 
     async def revoke_token(self, viewer: Viewer, form: Form) -> web.StreamResponse:
         token_id = route_id(viewer.request, "API token")
-        await accounts.revoke_api_token(
+        if await accounts.revoke_api_token(
             viewer.db, viewer.tenant_id, token_id, viewer.user.id, clock=self.site.clock
-        )
+        ):
+            await self._note(viewer, "token_revoked", target=f"API token {token_id}")
         return redirect("/settings?done=token")

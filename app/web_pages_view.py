@@ -26,16 +26,18 @@ from app.accounts import (
     Tenant,
     User,
     get_user,
-    session_user,
     tenant_by_name,
 )
 from app.clock import Clock
 from app.db import Conflict, Database, Invalid, Unavailable
+from app.password_policy import password_expired
+from app.people import now_ms
+from app.second_factor import enrolment_required
 from app.settings import AppSettings
 from app.web_auth import (
     SAFE_METHODS,
     SESSION_COOKIE,
-    SESSION_IDLE_TIMEOUT_S,
+    ApiAuth,
     forwarded_https,
     same_origin,
 )
@@ -52,6 +54,12 @@ CSP = (
 HSTS = "max-age=31536000"
 CSRF_REFUSED = "This form has expired or did not come from this workspace. Go back and try again."
 CROSS_ORIGIN = "A form of another site may not change anything here."
+# Where a user whose password has expired is sent, and all such a session may do.
+EXPIRED_PAGE = "/settings#password"
+EXPIRED_MAY = frozenset({("GET", "/settings"), ("POST", "/settings/password"), ("POST", "/logout")})
+# Where a user is sent who must enrol a second factor first, and all such a session may reach.
+ENROL_PAGE = "/settings/2fa?required=1"
+ENROLLING_MAY = ("/settings/2fa", "/logout")
 _STATUS: tuple[tuple[type[Exception], int], ...] = (
     (NotFound, 404),
     (Forbidden, 403),
@@ -105,6 +113,7 @@ class Viewer:
     tenant: Tenant
     user: User
     session: str
+    password_expired: bool = False  # then only the password may be changed
 
     @property
     def tenant_id(self) -> int:
@@ -218,8 +227,13 @@ class PageSite:
         token = request.cookies.get(SESSION_COOKIE)
         if token is None:
             return None
-        user = await session_user(db, tenant.id, token, SESSION_IDLE_TIMEOUT_S, self.clock)
-        return None if user is None else Viewer(request, db, tenant, user, token)
+        auth = ApiAuth(db, self.clock)
+        user = await auth.session_user(token, tenant.id)
+        if user is None:
+            return None
+        settings = await auth.settings(tenant.id)
+        expired = password_expired(user, settings, now_ms(self.clock))
+        return Viewer(request, db, tenant, user, token, expired)
 
     # ------------------------------------------------------------ rendering
 
@@ -323,6 +337,12 @@ class PageSite:
             viewer = await self.viewer(request, db, tenant)
             if viewer is None:
                 response: web.StreamResponse = _to_login(request)
+            elif viewer.password_expired and (request.method, request.path) not in EXPIRED_MAY:
+                response = redirect(EXPIRED_PAGE)
+            elif not enrolling_may(request.path) and await enrolment_required(
+                db, tenant.id, viewer.user.id
+            ):
+                response = redirect(ENROL_PAGE)
             elif request.method not in SAFE_METHODS and not _origin_ok(request):
                 response = await self.error_page(request, tenant, 403, CROSS_ORIGIN, viewer)
             else:
@@ -364,6 +384,11 @@ class PageSite:
             return await self._member(request, run)
 
         return handle
+
+
+def enrolling_may(path: str) -> bool:
+    """Whether a user who must enrol a second factor first may reach ``path``."""
+    return any(path == open_ or path.startswith(open_ + "/") for open_ in ENROLLING_MAY)
 
 
 def _origin_ok(request: web.Request) -> bool:
