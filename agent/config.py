@@ -7,17 +7,12 @@ import json
 import os
 from collections.abc import Hashable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
-    IPvAnyNetwork,
     SecretStr,
-    Strict,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -25,52 +20,86 @@ from pydantic import (
 )
 
 from agent.config_backups import BackupsConfig
+from agent.config_policy import (
+    AppConfig as AppConfig,
+)
+from agent.config_policy import (
+    CascadeConfig as CascadeConfig,
+)
+from agent.config_policy import (
+    DefaultLimits as DefaultLimits,
+)
+from agent.config_policy import (
+    DetectionConfig as DetectionConfig,
+)
+from agent.config_policy import (
+    HealingConfig as HealingConfig,
+)
+from agent.config_policy import (
+    MqttConfig as MqttConfig,
+)
+from agent.config_policy import (
+    TenantLimits as TenantLimits,
+)
+from agent.config_policy import (
+    ThrottleConfig as ThrottleConfig,
+)
+from agent.config_policy import (
+    TimingConfig as TimingConfig,
+)
 from agent.config_rules import (
-    MAX_PORT,
-    check_dns_name,
-    check_domain_label,
-    check_env_var_name,
-    check_host,
-    check_name,
-    check_tenant,
     cluster_problems,
     duplicate_problems,
     error_lines,
     raise_if_any,
     tenant_problems,
-    timing_problems,
     voter_list_problems,
 )
+from agent.config_types import (
+    DATABASE_SCHEMES as DATABASE_SCHEMES,
+)
+from agent.config_types import (
+    MAX_UPLOAD_MB as MAX_UPLOAD_MB,
+)
+from agent.config_types import (
+    MIN_RAFT_PASSWORD_LEN as MIN_RAFT_PASSWORD_LEN,
+)
+from agent.config_types import (
+    ConfigError as ConfigError,
+)
+from agent.config_types import (
+    DnsName as DnsName,
+)
+from agent.config_types import (
+    DomainLabel as DomainLabel,
+)
+from agent.config_types import (
+    EnvVarName as EnvVarName,
+)
+from agent.config_types import (
+    FileName as FileName,
+)
+from agent.config_types import (
+    FrozenModel as FrozenModel,
+)
+from agent.config_types import (
+    Host as Host,
+)
+from agent.config_types import (
+    Name as Name,
+)
+from agent.config_types import (
+    Port as Port,
+)
+from agent.config_types import (
+    Seconds as Seconds,
+)
+from agent.config_types import (
+    Tenant as Tenant,
+)
 
-MIN_RAFT_PASSWORD_LEN = 8
-# What the hosted app accepts as a slot's database URL, and its upload limit's range.
-DATABASE_SCHEMES = ("postgresql://", "postgres://")
-MAX_UPLOAD_MB = 4096
 
-Name = Annotated[str, Strict(), AfterValidator(check_name)]
-Tenant = Annotated[str, Strict(), AfterValidator(check_tenant)]
-DomainLabel = Annotated[str, Strict(), AfterValidator(check_domain_label)]
-DnsName = Annotated[str, Strict(), AfterValidator(check_dns_name)]
-Host = Annotated[str, Strict(), AfterValidator(check_host)]
-EnvVarName = Annotated[str, Strict(), AfterValidator(check_env_var_name)]
-FileName = Annotated[str, Strict(), Field(min_length=1)]
-Port = Annotated[int, Strict(), Field(ge=1, le=MAX_PORT)]
-Seconds = Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]
-
-
-class ConfigError(Exception):
-    """The configuration is unusable; `errors` holds one "key.path: message" line per problem."""
-
-    def __init__(self, errors: list[str]) -> None:
-        super().__init__("\n".join(errors))
-        self.errors = errors
-
-
-class _FrozenModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ServerConfig(_FrozenModel):
+class ServerConfig(FrozenModel):
     """One machine in the cluster: where its agent, Raft node, edge and app instances listen."""
 
     name: Name
@@ -99,7 +128,7 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-class SlotConfig(_FrozenModel):
+class SlotConfig(FrozenModel):
     """A group of tenants served by one app instance, owned by one active server at a time."""
 
     name: Name
@@ -132,139 +161,7 @@ class SlotConfig(_FrozenModel):
         return value
 
 
-class TimingConfig(_FrozenModel):
-    """Every duration the agent uses, in seconds."""
-
-    tick_s: Seconds = 0.1
-    probe_interval_s: Seconds = 0.2
-    probe_timeout_s: Seconds = 0.1
-    suspicion_s: Seconds = 0.8
-    suspicion_max_s: Seconds = 2.4
-    suspicion_expire_s: Seconds = 10.0
-    lease_s: Seconds = 2.0
-    lease_renew_s: Seconds = 0.4
-    lease_margin_s: Seconds = 0.25
-    raft_election_min_s: Seconds = 0.4
-    raft_election_max_s: Seconds = 1.2
-    leader_fallback_s: Seconds = 1.0
-    app_start_timeout_s: Seconds = 15.0
-    app_health_interval_s: Seconds = 0.5
-    shutdown_timeout_s: Seconds = 10.0
-    # Bound on any server clock's rate error (0.01 = 1 %); leases are stretched by it.
-    clock_drift: float = Field(default=0.01, ge=0.0, le=0.1)
-
-    @model_validator(mode="after")
-    def _invariants(self) -> TimingConfig:
-        raise_if_any(timing_problems(self))
-        return self
-
-
-class DetectionConfig(_FrozenModel):
-    """How servers watch each other and how much agreement a verdict needs."""
-
-    # A verdict needs at least this many distinct observers (and a majority of those eligible).
-    min_observers: int = Field(default=2, ge=2, le=50)
-    # Helpers asked to probe a server that missed our direct probe.
-    indirect_probes: int = Field(default=3, ge=0, le=10)
-
-
-class CascadeConfig(_FrozenModel):
-    """When many servers fail at once, hold back replacement (chain-failure prevention)."""
-
-    # Enter cascade mode at max(min_verdicts, verdict_fraction x actives) verdicts in window_s.
-    window_s: Seconds = 60.0
-    min_verdicts: int = Field(default=2, ge=1)
-    verdict_fraction: float = Field(default=0.3, gt=0.0, le=1.0)
-    # Leave it after this long without a verdict (twice: cascade -> recovering -> normal).
-    quiet_s: Seconds = 30.0
-    # Replacements still allowed in cascade mode, per budget_window_s.
-    budget: int = Field(default=1, ge=0)
-    budget_window_s: Seconds = 300.0
-    # Replacements allowed per budget_window_s in normal mode too: a runaway bound.
-    normal_budget: int = Field(default=10, ge=1)
-
-
-class HealingConfig(_FrozenModel):
-    """Which spares replacement may use, when a repaired server rejoins, and Raft voters."""
-
-    # Spares that automatic replacement leaves alone (operator drains may still use them);
-    # with only this many spares left, the cluster counts its spares as run out.
-    spare_reserve: int = Field(default=0, ge=0)
-    # A server back after a verdict (quarantined) returns to the spare pool by itself after
-    # staying healthy this long; null leaves every return to an operator.
-    auto_return_s: Seconds | None = 120.0
-    # A server with flap_failures verdicts within flap_window_s stays quarantined until an
-    # operator returns it (flap quarantine).
-    flap_failures: int = Field(default=2, ge=2, le=8)
-    flap_window_s: Seconds = 3600.0
-    # Replace a failed Raft voter by a healthy non-voter (Raft dynamic membership).
-    replace_voters: bool = True
-
-
-class TenantLimits(_FrozenModel):
-    """What one tenant may use of the whole cluster; a missing key takes the default."""
-
-    rps: float | None = Field(default=None, gt=0, allow_inf_nan=False)
-    share: float | None = Field(default=None, gt=0, le=1)
-    concurrent: int | None = Field(default=None, ge=1)
-
-
-class DefaultLimits(TenantLimits):
-    """The limits of every tenant without an override; null switches a limit off."""
-
-    rps: float | None = Field(default=20.0, gt=0, allow_inf_nan=False)
-    share: float | None = Field(default=0.5, gt=0, le=1)
-    concurrent: int | None = Field(default=10, ge=1)
-
-
-class ThrottleConfig(_FrozenModel):
-    """Stopping a tenant subdomain that floods the service, so that the others keep working."""
-
-    # Cluster-wide limits per tenant (requests per second, share of all requests, requests
-    # in flight), and per-tenant overrides of them.
-    limits: DefaultLimits = DefaultLimits()
-    tenants: dict[Tenant, TenantLimits] = Field(default_factory=dict)
-    # The share limit counts only while the cluster carries at least this many requests/s.
-    share_min_rps: float = Field(default=50.0, gt=0, allow_inf_nan=False)
-    # Over a limit for this long: stopped for stop_s, doubled for each repeat within
-    # repeat_window_s, at most max_stop_s.
-    confirm_s: Seconds = 1.0
-    stop_s: Seconds = 30.0
-    max_stop_s: Seconds = 3600.0
-    repeat_window_s: Seconds = 3600.0
-    # Each edge reports its counts this often; it tracks at most max_tracked subdomains.
-    report_interval_s: Seconds = 1.0
-    max_tracked: int = Field(default=10_000, ge=16, le=1_000_000)
-    # Each edge's own token bucket per tenant holds this many seconds of the rps limit.
-    local_burst_s: Seconds = 2.0
-    # Peers whose X-Forwarded-For is believed (addresses or CIDR ranges).
-    trusted_proxies: tuple[IPvAnyNetwork, ...] = ()
-
-    @model_validator(mode="after")
-    def _stops(self) -> ThrottleConfig:
-        if self.max_stop_s < self.stop_s:
-            raise ValueError(f"max_stop_s {self.max_stop_s} is less than stop_s {self.stop_s}")
-        return self
-
-
-class AppConfig(_FrozenModel):
-    """Settings of the hosted collaboration service, passed to every instance the agent runs."""
-
-    # The largest file a user may upload, in MiB.
-    max_upload_mb: int = Field(default=25, ge=1, le=MAX_UPLOAD_MB)
-
-
-class MqttConfig(_FrozenModel):
-    """The MQTT broker that carries traffic reports (the agents fall back to HTTP without it)."""
-
-    host: Host = "127.0.0.1"
-    port: Port = 1883
-    topic_prefix: Name = "moonwatch"
-    # `moonwatch up` starts a local mosquitto on this port for the demo.
-    managed: bool = False
-
-
-class SecretsConfig(_FrozenModel):
+class SecretsConfig(FrozenModel):
     """Shared secrets, each given literally, as `<name>_file` or `<name>_env`; always resolved."""
 
     # The *_file / *_env fields come first: the resolvers of the secrets below read them.
@@ -328,7 +225,7 @@ def _context(context: object) -> tuple[Path, Mapping[str, str]]:
     return Path.cwd(), os.environ
 
 
-class ClusterConfig(_FrozenModel):
+class ClusterConfig(FrozenModel):
     """The whole cluster: servers, Raft voters, slots of tenants, secrets and timing.
 
     Built by `load_config`/`parse_config`; constructed directly, relative paths are taken from
