@@ -19,6 +19,7 @@ from app.clock import Clock, SystemClock
 from app.db import Database, DatabaseError
 from app.fence import GateStatus, RequestGate
 from app.settings import AppSettings
+from app.settings_cache import SETTINGS_CACHE
 
 # HTML responses load nothing external; inline CSS is the only thing they need.
 _HTML_HEADERS = {
@@ -174,6 +175,7 @@ def build_app(
     app = web.Application(middlewares=middlewares)
     app[TRUSTED_PROXIES] = parse_networks(settings.trusted_proxies)
     app[NETWORK_ACCESS] = access
+    app[SETTINGS_CACHE] = access
     app.on_response_prepare.append(site.stamp_instance)
     app.on_response_prepare.append(secure_api_response)
     if db is not None:

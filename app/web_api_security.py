@@ -13,6 +13,7 @@ from app.account_audit import note, user_target
 from app.accounts import Forbidden, InvalidCredentials
 from app.clock import Clock
 from app.security_changes import apply_changes, patch_values, public_json
+from app.settings_cache import settings_changed
 from app.tenant_settings import load_settings
 from app.web_auth import SESSION_COOKIE
 from app.web_input import Call, field, json_object
@@ -85,5 +86,6 @@ class SecurityApi:
         values = patch_values(await json_object(call.request))
         settings, differences = await apply_changes(call.db, call.tenant_id, values)
         if differences:
+            settings_changed(call.request, call.caller.tenant)
             await self._note(call, "setting_change", target="security", detail=differences)
         return answer(public_json(settings))

@@ -10,6 +10,7 @@ from app.account_audit import note, user_target
 from app.accounts import Forbidden, PolicyViolation, Tenant
 from app.db import Database
 from app.security_changes import GROUPS, apply_changes, form_values
+from app.settings_cache import settings_changed
 from app.tenant_settings import CHARACTER_CLASSES, LOCKOUT_MINUTES, load_settings
 from app.web_forms import (
     CSRF_COOKIE,
@@ -75,6 +76,7 @@ class SecurityPages:
         values = form_values(group, form.fields, form.all("password_classes"))
         _, differences = await apply_changes(viewer.db, viewer.tenant_id, values)
         if differences:
+            settings_changed(viewer.request, viewer.tenant.name)
             await note(
                 viewer.db, viewer.tenant_id, viewer.request, "setting_change",
                 clock=self.site.clock, user=viewer.user, target=f"security: {group}",

@@ -592,3 +592,20 @@ def test_access_lines_never_carry_the_query(caplog: pytest.LogCaptureFixture) ->
         access.log(request, web.Response(status=200, text="hi"), 0.01)
     assert "/join" in caplog.text and "secret-token" not in caplog.text
     assert SecuritySettings().allowed_networks == ()
+
+
+async def test_a_change_through_the_admin_api_applies_at_the_next_request(
+    client: TestClient[Any, Any], db: Database, acme: People
+) -> None:
+    browser = From(client, ip=OUTSIDE)
+    assert (await browser.get("/login")).status == 200  # the open settings are now cached
+    token = await accounts.create_api_token(
+        db, acme.tenant_id, acme.owner.id, "admin", ["read", "write"], None
+    )
+    headers = {
+        "Host": "acme.localhost", "X-Forwarded-For": INSIDE, "Authorization": f"Bearer {token}"
+    }  # fmt: skip
+    body = {"allowed_networks": ["10.0.0.0/8"]}
+    async with client.patch("/api/v1/admin/security", json=body, headers=headers) as response:
+        assert response.status == 200, await response.text()
+    assert (await browser.get("/login")).status == 403  # no wait for the cache
