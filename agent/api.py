@@ -17,6 +17,7 @@ from agent.explain import explained
 from agent.loop import DecisionLoop
 from agent.metrics import AgentMetrics
 from agent.status import decision_document, decisions_document, status_document
+from agent.status_page import PageSources, status_routes
 from agent.stops_api import (
     lift_command,
     not_a_tenant,
@@ -54,6 +55,8 @@ class ApiContext:
     provision: Provisioner | None = None
     # The `backups` list of GET /v1/status: per slot, its last good backup and last error.
     backups: Callable[[], list[dict[str, Any]]] | None = None
+    # The `mqtt` block of GET /v1/status: the events connection (None: no broker configured).
+    mqtt: Callable[[], dict[str, Any]] | None = None
 
 
 def build_api(ctx: ApiContext) -> web.Application:
@@ -63,6 +66,9 @@ def build_api(ctx: ApiContext) -> web.Application:
     app.router.add_get("/readyz", api.readyz)
     app.router.add_get("/metrics", make_aiohttp_handler(ctx.metrics.registry))
     app.router.add_get("/v1/status", api.status)
+    # GET / and GET /decisions/{id}: the status page, from the same data as the JSON.
+    page = PageSources(api.status_doc, ctx.consensus.snapshot, ctx.clock.wall)
+    app.router.add_routes(status_routes(page))
     app.router.add_get("/v1/decisions", api.decisions)
     app.router.add_get("/v1/decisions/{id}", api.decision)
     app.router.add_post("/v1/servers/{name}/return", api.return_server)
@@ -121,10 +127,14 @@ class _Api:
         return _json(body, status=200 if ready else 503)
 
     async def status(self, _: web.Request) -> web.Response:
+        return _json(self.status_doc())
+
+    def status_doc(self) -> dict[str, Any]:
         snap = self._ctx.consensus.snapshot()
         doc = status_document(self._ctx.cluster, self._ctx.server, self._ctx.pid, snap)
         doc["backups"] = self._ctx.backups() if self._ctx.backups is not None else []
-        return _json(doc)
+        doc["mqtt"] = self._ctx.mqtt() if self._ctx.mqtt is not None else None
+        return doc
 
     async def decisions(self, _: web.Request) -> web.Response:
         return _json(decisions_document(self._ctx.consensus.snapshot()))

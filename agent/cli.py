@@ -15,6 +15,7 @@ from agent.clock import SystemClock
 from agent.config import ClusterConfig, ConfigError, load_config
 from agent.configcheck import check_config_main
 from agent.daemon import EXIT_USAGE, Agent, install_signal_handlers
+from agent.eventscmd import events_command
 from agent.launcher import LocalCluster, ports_in_use
 from agent.logs import configure_logging
 from agent.statusview import (
@@ -60,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--url", action="append", help="an agent's URL (repeatable)")
 
     _stops_parsers(sub)
+    _events_parsers(sub)
 
     tenant = sub.add_parser("tenant", help="provision tenants of the collaboration service")
     tenant_sub = tenant.add_subparsers(dest="tenant_command", required=True, metavar="ACTION")
@@ -110,6 +112,14 @@ def _backup_parsers(sub: Any) -> None:
     back.add_argument("--dry-run", action="store_true", help="show what would change, only")
     back.add_argument("--yes", action="store_true", help="replace the slot's data (not --dry-run)")
     back.add_argument("--config", default=DEFAULT_CONFIG)
+
+
+def _events_parsers(sub: Any) -> None:
+    events = sub.add_parser("events", help="the servers' states, or events as they happen (MQTT)")
+    events.add_argument("--follow", action="store_true", help="print events until Ctrl-C")
+    events.add_argument("--kind", help="only events of this kind, e.g. server_failed")
+    events.add_argument("--json", action="store_true", help="print the raw JSON, one per line")
+    events.add_argument("--config", default=DEFAULT_CONFIG, help="broker and credentials")
 
 
 def _stops_parsers(sub: Any) -> None:
@@ -165,6 +175,9 @@ _LOCAL: dict[str, Callable[[ClusterConfig, argparse.Namespace], int]] = {
     "backup": lambda c, a: backup_now(c, a.slot),
     "backups": lambda c, a: list_backups(c, a.slot),
     "restore": lambda c, a: restore(c, a.slot, a.backup_file, a.dry_run, a.yes),
+    "events": lambda c, a: events_command(
+        c, follow=a.follow, kind=a.kind, as_json=a.json, out=sys.stdout
+    ),
 }
 
 

@@ -3,9 +3,16 @@ throttling, the hosted app and the MQTT broker."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import (
     Field,
     IPvAnyNetwork,
+    SecretStr,
+    Strict,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -13,8 +20,11 @@ from agent.config_rules import (
     raise_if_any,
     timing_problems,
 )
+from agent.config_secrets import resolve_secret
 from agent.config_types import (
     MAX_UPLOAD_MB,
+    EnvVarName,
+    FileName,
     FrozenModel,
     Host,
     Name,
@@ -22,6 +32,11 @@ from agent.config_types import (
     Seconds,
     Tenant,
 )
+
+# A broker login name: no ':' (mosquitto's password file separates with it), no spaces.
+MqttUser = Annotated[
+    str, Strict(), StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._@-]+$")
+]
 
 
 class TimingConfig(FrozenModel):
@@ -147,10 +162,46 @@ class AppConfig(FrozenModel):
 
 
 class MqttConfig(FrozenModel):
-    """The MQTT broker that carries traffic reports (the agents fall back to HTTP without it)."""
+    """The MQTT broker that carries traffic reports (the agents fall back to HTTP without it)
+    and the cluster's events; every connection of the agent logs in with these credentials."""
 
     host: Host = "127.0.0.1"
     port: Port = 1883
     topic_prefix: Name = "moonwatch"
     # `moonwatch up` starts a local mosquitto on this port for the demo.
     managed: bool = False
+    # Login; the password is a secret given like the others (password, password_file or
+    # password_env), and only together with a username. Neither: anonymous connections.
+    username: MqttUser | None = None
+    password_file: FileName | None = None
+    password_env: EnvVarName | None = None
+    password: SecretStr | None = Field(default=None, validate_default=True)
+
+    @field_validator("password", mode="before")
+    @classmethod
+    def _resolve_password(cls, literal: object, info: ValidationInfo) -> str | None:
+        if "password_file" not in info.data or "password_env" not in info.data:
+            return None  # that field's own error is already reported
+        file, env_var = info.data["password_file"], info.data["password_env"]
+        if literal is None and file is None and env_var is None:
+            return None
+        value = resolve_secret("password", literal, file, env_var, info.context)
+        if not value:
+            raise ValueError("is empty")
+        return value
+
+    @model_validator(mode="after")
+    def _login(self) -> MqttConfig:
+        if (self.username is None) != (self.password is None):
+            given, missing = (
+                ("username", "password") if self.password is None else ("password", "username")
+            )
+            raise ValueError(f"{given} is given without {missing}: give both or neither")
+        return self
+
+    @property
+    def login(self) -> tuple[str, str] | None:
+        """(username, password) for the broker, or None for anonymous connections."""
+        if self.username is None or self.password is None:
+            return None
+        return self.username, self.password.get_secret_value()

@@ -50,6 +50,8 @@ class AgentParts:
     )
     # The daily backups of the slots served here (its run is in `background` when enabled).
     backups: BackupKeeper | None = None
+    # Called first thing when shutdown begins (telling systemd STOPPING=1); must not block.
+    on_stopping: list[Callable[[], None]] = field(default_factory=list)
 
 
 class StartupError(Exception):
@@ -116,6 +118,8 @@ class Agent:
         """Stop in reverse order, each step bounded; the whole stays within the timeout."""
         p = self._p
         deadline = p.clock.monotonic() + p.shutdown_timeout_s
+        for announce in p.on_stopping:
+            announce()
         self._loop_stopping.set()
         for task in [t for t in (self._loop_task, *self._background) if t is not None]:
             await _bounded(task, max(0.1, min(2.0, deadline - p.clock.monotonic())))

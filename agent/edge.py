@@ -90,6 +90,7 @@ class Edge:
     is refused; with a `throttle` configuration, so is one over its local token bucket
     (`limits.rps`, `local_burst_s` of it) or with `limits.concurrent` requests in flight here.
     `wall` and `monotonic` are the agent clock's (the real clock when not given).
+    `answered(slot, status)` learns the status of every answer to a known tenant.
     """
 
     def __init__(
@@ -102,6 +103,7 @@ class Edge:
         counter: TrafficCounter | None = None,
         wall: Callable[[], float] | None = None,
         monotonic: Callable[[], float] | None = None,
+        answered: Callable[[str, int], None] | None = None,
     ) -> None:
         clock = SystemClock()
         self._base_domain = base_domain.lower()
@@ -115,6 +117,7 @@ class Edge:
         self._trusted = tuple(throttle.trusted_proxies) if throttle else ()
         self._limits = _tenant_limits(throttle) if throttle else {}
         self._session: aiohttp.ClientSession | None = None
+        self._answered = answered
 
     def application(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -138,6 +141,8 @@ class Edge:
         refusal = self._refusal(state, tenant)
         if refusal is not None:
             self.counter.refuse(tenant, refusal.status, _body_size(refusal))
+            if self._answered is not None:
+                self._answered(slot.name, refusal.status)
             return refusal
         return await self._serve(request, tenant, slot)
 
@@ -176,6 +181,8 @@ class Edge:
             raise
         finally:
             self.counter.finish(tenant, sent.status, sent.nbytes)
+            if self._answered is not None:
+                self._answered(slot.name, sent.status)
 
     async def _route(
         self, request: web.Request, slot: SlotRecord, sent: _Sent

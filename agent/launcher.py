@@ -16,6 +16,7 @@ from typing import IO, Final
 
 import aiohttp
 
+from agent.broker_auth import BrokerAuth, write_broker_auth
 from agent.clock import Clock
 from agent.config import ClusterConfig, MqttConfig
 
@@ -74,14 +75,15 @@ def find_mosquitto() -> str | None:
     return shutil.which("mosquitto", path=search)
 
 
-def mosquitto_config(mqtt: MqttConfig) -> str:
+def mosquitto_config(mqtt: MqttConfig, auth: BrokerAuth | None = None) -> str:
     """A broker for the local demo: one loopback listener, no persistence, log on stderr
-    (mosquitto drops root privileges before it opens a log file, so we keep its stderr)."""
+    (mosquitto drops root privileges before it opens a log file, so we keep its stderr).
+    With `auth` only its user may connect, and only to the topic prefix."""
     return "\n".join(
         [
             "# written by `moonwatch up` for its own broker; rewritten at every start",
             f"listener {mqtt.port} {mqtt.host}",
-            "allow_anonymous true",
+            *(auth.config_lines() if auth is not None else ["allow_anonymous true"]),
             "persistence false",
             "log_dest stderr",
             "log_type error",
@@ -101,7 +103,7 @@ _DISCONNECT: Final = bytes.fromhex("e000")
 
 
 async def _mqtt_answers(host: str, port: int, timeout_s: float) -> bool:
-    """Whether an MQTT broker accepts a connection on host:port within `timeout_s`."""
+    """Whether an MQTT broker answers a connection on host:port within `timeout_s`."""
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
     except (OSError, TimeoutError):
@@ -110,7 +112,7 @@ async def _mqtt_answers(host: str, port: int, timeout_s: float) -> bool:
         writer.write(_CONNECT)
         answer = await asyncio.wait_for(reader.readexactly(4), timeout_s)
         writer.write(_DISCONNECT)
-        return answer[:2] == _CONNACK and answer[3] == 0
+        return answer[:2] == _CONNACK  # refusing an anonymous login is an answer too
     except (OSError, TimeoutError, asyncio.IncompleteReadError):
         return False
     finally:
@@ -174,7 +176,9 @@ class LocalCluster:
             return None
         self.log_dir.mkdir(parents=True, exist_ok=True)
         config_path = self.config.data_dir / "mosquitto.conf"
-        config_path.write_text(mosquitto_config(mqtt))
+        login = mqtt.login
+        auth = write_broker_auth(self.config.data_dir, *login, mqtt.topic_prefix) if login else None
+        config_path.write_text(mosquitto_config(mqtt, auth))
         log_path = self.log_dir / "mosquitto.log"
         log: IO[bytes]
         with log_path.open("ab") as log:

@@ -17,7 +17,14 @@ from agent.explain import incident_start
 from agent.leadership import LeaderClock, plan_leader
 from agent.lease import LeaseKeeper
 from agent.metrics import AgentMetrics
-from consensus.commands import Bootstrap, Command, ServerSpec, SlotSpec
+from consensus.commands import (
+    AssignSlot,
+    Bootstrap,
+    Command,
+    MarkServerFailed,
+    ServerSpec,
+    SlotSpec,
+)
 from consensus.protocol import Consensus, Snapshot
 from healer.cascade import CascadePolicy
 from healer.local import Instance, LocalPlan, LocalView, plan_local
@@ -148,6 +155,7 @@ class DecisionLoop:
         self._recovery_term = -1
         self.last_report: TickReport | None = None
         self._last_summary = ""
+        self._known_leader: str | None = None
 
     @property
     def incarnation(self) -> int:
@@ -155,11 +163,12 @@ class DecisionLoop:
 
     def joined(self) -> bool:
         """True once the cluster has committed this agent's current incarnation (as up, or as
-        quarantined: a failed server that came back is a member, just out of service)."""
+        quarantined: a failed server that came back is a member, just out of service; or as
+        draining: a server restarted during maintenance still takes part)."""
         me = self._consensus.snapshot().state.server(self._server)
         return (
             me is not None
-            and me.state in ("up", "quarantined")
+            and me.state in ("up", "quarantined", "draining")
             and me.incarnation == self._incarnation
         )
 
@@ -206,6 +215,7 @@ class DecisionLoop:
         if plan.incarnation is not None and plan.incarnation != self._incarnation:
             self._adopt_incarnation(plan.incarnation)
         self._leader_clock.observe(snap, now)
+        self._note_leader(snap.raft.leader)
         if snap.raft.is_leader:
             self._observe_recoveries(snap, wall)
         led, waiting = plan_leader(
@@ -281,12 +291,30 @@ class DecisionLoop:
             if self._prober is not None:
                 self._prober.confirm(key[0])
         for command in (*plan.commands, *led):
+            submitted = self._clock.monotonic()
             result = await self._consensus.submit(command, timeout_s=max(1.0, 4 * timing.tick_s))
             self._metrics.submits.labels(command.kind, result.status).inc()
+            if result.ok:
+                self._count_committed(command, self._clock.monotonic() - submitted)
             if not result.ok:
                 _log.info("command_not_applied", kind=command.kind, result=result.reason)
             elif command.kind not in ("slot_serving", "server_up", "renew_lease"):
                 _log.info("leader_decided", kind=command.kind, command_id=command.id)
+
+    def _count_committed(self, command: Command, took_s: float) -> None:
+        self._metrics.commit_latency.observe(took_s)
+        if isinstance(command, MarkServerFailed):
+            self._metrics.verdicts.labels(command.server).inc()
+        elif isinstance(command, AssignSlot):
+            self._metrics.assignments.labels(command.slot).inc()
+
+    def _note_leader(self, leader: str | None) -> None:
+        """Count a change of leader: a known leader followed by another (not the first seen)."""
+        if leader is None or leader == self._known_leader:
+            return
+        if self._known_leader is not None:
+            self._metrics.leader_changes.inc()
+        self._known_leader = leader
 
     def _spec(self, slot: str, epoch: int, tenants: tuple[str, ...]) -> InstanceSpec:
         me = self._config.server(self._server)

@@ -58,6 +58,7 @@ class _SnapshotCollector(Collector):
             "Tenant subdomains stopped at every edge (committed; expired ones until lifted)",
             value=len(snap.state.stops),
         )
+        yield from _per_name(snap)
         yield GaugeMetricFamily(
             "moonwatch_raft_voters", "Raft voters as committed", value=len(snap.state.voters)
         )
@@ -66,6 +67,50 @@ class _SnapshotCollector(Collector):
             "1 while a failed Raft voter is being replaced",
             value=snap.state.voter_change is not None,
         )
+
+
+def _per_name(snap: Snapshot) -> Iterable[Metric]:
+    """Per server, slot and stopped tenant: every name comes from the configuration."""
+    state = snap.state
+    server_state = GaugeMetricFamily(
+        "moonwatch_server_state",
+        "1 for each server's committed state, 0 for the others",
+        labels=["server", "state"],
+    )
+    for server in state.servers:
+        for name in get_args(ServerState):
+            server_state.add_metric([server.name, name], 1 if server.state == name else 0)
+    yield server_state
+    slot_state = GaugeMetricFamily(
+        "moonwatch_slot_state",
+        "1 for each slot's committed state (serving: its owner serves it), 0 for the others",
+        labels=["slot", "state"],
+    )
+    for slot in state.slots:
+        for name in get_args(SlotState):
+            slot_state.add_metric([slot.name, name], 1 if slot.state == name else 0)
+    yield slot_state
+    owners = {s.owner for s in state.slots if s.owner}
+    yield GaugeMetricFamily(
+        "moonwatch_spares_available",
+        "Spare servers that are up and own no slot (what a replacement can use)",
+        value=sum(
+            1
+            for s in state.servers
+            if s.role == "spare" and s.state == "up" and s.name not in owners
+        ),
+    )
+    tenant_slots = {tenant: slot.name for slot in state.slots for tenant in slot.tenants}
+    stopped = GaugeMetricFamily(
+        "moonwatch_tenant_stopped",
+        "1 while a tenant listed in a slot is stopped at every edge (committed)",
+        labels=["tenant", "slot"],
+    )
+    for stop in state.stops:
+        slot_name = tenant_slots.get(stop.subdomain)
+        if slot_name is not None:  # a stop of a name no slot lists would be unbounded
+            stopped.add_metric([stop.subdomain, slot_name], 1)
+    yield stopped
 
 
 class _DetectorCollector(Collector):
@@ -128,6 +173,48 @@ class AgentMetrics:
             registry=self.registry,
         )
 
+        self._healing_metrics()
+        self._backup_metrics()
+
+    def _healing_metrics(self) -> None:
+        self.verdicts = Counter(
+            "moonwatch_verdicts_total",
+            "Servers this agent, as the Raft leader, committed as failed",
+            ["server"],
+            registry=self.registry,
+        )
+        self.assignments = Counter(
+            "moonwatch_assignments_total",
+            "Slots this agent, as the Raft leader, committed to a new owner (replacements)",
+            ["slot"],
+            registry=self.registry,
+        )
+        self.commit_latency = Histogram(
+            "moonwatch_raft_commit_seconds",
+            "Submit to commit of the decision loop's commands (committed ones only)",
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+        )
+        self.leader_changes = Counter(
+            "moonwatch_raft_leader_changes_total",
+            "Times this agent saw the Raft leader become another server than the last it knew",
+            registry=self.registry,
+        )
+        self.probe_rtt = Histogram(
+            "moonwatch_probe_rtt_seconds",
+            "Round trip of acknowledged direct failure-detector probes, by probed server",
+            ["peer"],
+            registry=self.registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5),
+        )
+        self.edge_requests = Counter(
+            "moonwatch_edge_requests_total",
+            "Answers of this edge to tenants' requests, by slot and status class",
+            ["slot", "code_class"],
+            registry=self.registry,
+        )
+
+    def _backup_metrics(self) -> None:
         self.backup_last_success = Gauge(
             "moonwatch_backup_last_success_timestamp_seconds",
             "When the last checked backup of each slot this agent backs up was made (epoch s)",
@@ -153,6 +240,22 @@ class AgentMetrics:
             registry=self.registry,
         )
 
+    def start_at_zero(self, slots: Iterable[str]) -> None:
+        """Export the per-slot counters at 0 from the start, so the first increase shows."""
+        for slot in slots:
+            self.backup_failures.labels(slot)
+            self.assignments.labels(slot)
+            for code in ("2xx", "3xx", "4xx", "5xx"):
+                self.edge_requests.labels(slot, code)
+
+    def edge_response(self, slot: str, status: int) -> None:
+        """Count one answer of the edge for a tenant of `slot` by its status class."""
+        self.edge_requests.labels(slot, code_class(status)).inc()
+
+    def probe_round_trip(self, peer: str, rtt_s: float) -> None:
+        """Observe the round trip of a direct probe of `peer` that was acknowledged."""
+        self.probe_rtt.labels(peer).observe(rtt_s)
+
     def watch_counters(self, name: str, doc: str, stats: Callable[[], Mapping[str, int]]) -> None:
         """Export counters kept elsewhere, by kind, at scrape time (`name` without _total)."""
         self.registry.register(_CountersCollector(name, doc, stats))
@@ -160,3 +263,38 @@ class AgentMetrics:
     def watch_detector(self, stats: Callable[[], Mapping[str, int]]) -> None:
         """Export the failure detector's counters at scrape time."""
         self.registry.register(_DetectorCollector(stats))
+
+    def watch_mqtt(self, status: Callable[[], Mapping[str, object]]) -> None:
+        """Export the events connection's state (the `mqtt` block of /v1/status) at scrape."""
+        self.registry.register(_MqttCollector(status))
+
+
+def code_class(status: int) -> str:
+    """`2xx` for 200..299 and so on; anything outside 100..599 counts as a server error."""
+    return f"{status // 100}xx" if 100 <= status <= 599 else "5xx"
+
+
+class _MqttCollector(Collector):
+    """The MQTT events connection: connected, events waiting for the broker, events dropped."""
+
+    def __init__(self, status: Callable[[], Mapping[str, object]]) -> None:
+        self._status = status
+
+    def collect(self) -> Iterable[Metric]:
+        status = self._status()
+        buffered, dropped = status.get("buffered"), status.get("dropped")
+        yield GaugeMetricFamily(
+            "moonwatch_mqtt_connected",
+            "1 while the events connection to the MQTT broker is up",
+            value=1 if status.get("connected") else 0,
+        )
+        yield GaugeMetricFamily(
+            "moonwatch_mqtt_events_buffered",
+            "Events waiting for the MQTT broker (bounded; the oldest are dropped when full)",
+            value=buffered if isinstance(buffered, int) else 0,
+        )
+        yield CounterMetricFamily(
+            "moonwatch_mqtt_events_dropped",
+            "Events dropped because the buffer was full while the broker was away",
+            value=dropped if isinstance(dropped, int) else 0,
+        )

@@ -143,9 +143,12 @@ class MqttLink:
         """One connection, until it breaks or `stopping` is set; True if it was connected.
         A connect attempt is never cancelled half-way (bounded by the client's timeouts), so
         that no half-open socket is left behind."""
+        login = self._config.login
         client = aiomqtt.Client(
             self._config.host,
             self._config.port,
+            username=login[0] if login else None,
+            password=login[1] if login else None,
             identifier=f"moonwatch-{self._server}-{secrets.token_hex(6)}",
             timeout=self._connect_timeout_s,
             keepalive=self._keepalive_s,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import structlog
 
@@ -32,6 +32,7 @@ class Watch:
         consensus: Consensus,
         clock: Clock,
         incarnation: int,
+        round_trip: Callable[[str, float], None] | None = None,
     ) -> None:
         self._server = server
         self._consensus = consensus
@@ -61,6 +62,7 @@ class Watch:
             self._report,
             self._members,
             tick_s=timing.probe_timeout_s / 2,
+            round_trip=round_trip,
         )
 
     def _members(self) -> dict[str, int]:

@@ -19,11 +19,14 @@ from agent.config import ClusterConfig
 from agent.daemon import AgentParts, next_incarnation, store_incarnation
 from agent.driver import ProcessDriver, RestartPolicy, ServerDriver
 from agent.edge import Edge
+from agent.event_publisher import EventPublisher
+from agent.heartbeat import Heartbeat
 from agent.lease import LeaseKeeper
 from agent.loop import DecisionLoop
 from agent.metrics import AgentMetrics
 from agent.mqtt import HttpReportPoster, LeaderListening, MqttLink, ReportPublisher
 from agent.reports import Aggregator, IntakeStats, ReportIntake, report_key, traffic_handler
+from agent.sdnotify import Notifier
 from agent.tenantcmd import provision
 from agent.traffic import TrafficCounter
 from agent.voters import VoterKeeper, VoterSettings, read_voters
@@ -57,8 +60,11 @@ def build_agent(
     *,
     consensus: Consensus | None = None,
     driver: ServerDriver | None = None,
+    notifier: tuple[Notifier, float | None] | None = None,
 ) -> AgentParts:
-    """Wire one agent. Tests pass their own consensus or driver; production passes neither."""
+    """Wire one agent. Tests pass their own consensus or driver; production passes neither.
+    `notifier` (with systemd's watchdog interval) defaults to what systemd set in the
+    environment, which is taken out of it so that app instances do not inherit it."""
     me = config.server(server)
     traffic = TrafficCounter(config.throttle.max_tracked)
     voters_file = config.data_dir / "servers" / server / "raft" / "voters.json"
@@ -75,6 +81,14 @@ def build_agent(
     )
     reports = _reports(config, server, consensus, clock, traffic)
     metrics = AgentMetrics(consensus.snapshot)
+    metrics.start_at_zero(slot.name for slot in config.slots)
+    events = (
+        EventPublisher(config.mqtt, config.cluster, server, consensus, clock)
+        if config.mqtt is not None
+        else None
+    )
+    if events is not None:
+        metrics.watch_mqtt(events.status)
     incarnation_file = config.data_dir / "servers" / server / "incarnation"
     incarnation = next_incarnation(incarnation_file)
     leases = LeaseKeeper(
@@ -85,7 +99,9 @@ def build_agent(
         lease_s=config.timing.lease_s,
         renew_s=config.timing.lease_renew_s,
     )
-    watch = Watch(config, server, consensus, clock, incarnation)
+    watch = Watch(
+        config, server, consensus, clock, incarnation, round_trip=metrics.probe_round_trip
+    )
     metrics.watch_detector(watch.stats)
     metrics.watch_counters(
         "moonwatch_traffic_reports",
@@ -136,6 +152,7 @@ def build_agent(
             traffic=reports.handler,
             provision=functools.partial(provision, config),
             backups=backups.statuses,
+            mqtt=events.status if events is not None else None,
         )
     )
     keeper = VoterKeeper(
@@ -153,6 +170,7 @@ def build_agent(
         consensus,
         clock,
     )
+    heartbeat = _heartbeat(notifier or Notifier.from_environ(os.environ), loop, consensus, clock)
     edge = Edge(
         config.base_domain,
         lambda: consensus.snapshot().state,
@@ -161,6 +179,7 @@ def build_agent(
         counter=traffic,
         wall=clock.wall,
         monotonic=clock.monotonic,
+        answered=metrics.edge_response,
     ).application()
     return AgentParts(
         server=server,
@@ -179,9 +198,29 @@ def build_agent(
             watch.runner.run,
             keeper.run,
             *reports.loops,
+            *([events.run] if events is not None else []),
             *([backups.run] if config.backups.enabled else []),
+            *([heartbeat.run] if heartbeat is not None else []),
         ],
         backups=backups,
+        on_stopping=[heartbeat.stopping] if heartbeat is not None else [],
+    )
+
+
+def _heartbeat(
+    notifier: tuple[Notifier, float | None], loop: DecisionLoop, consensus: Consensus, clock: Clock
+) -> Heartbeat | None:
+    """systemd's view of this agent: ready once it takes part in the cluster (the condition of
+    /readyz), alive while its decision loop reports; None when systemd is not listening."""
+    manager, watchdog_s = notifier
+    if not manager.enabled:
+        return None
+    return Heartbeat(
+        manager,
+        clock,
+        report=lambda: loop.last_report,
+        ready=lambda: loop.joined() and consensus.snapshot().raft.leader is not None,
+        watchdog_s=watchdog_s,
     )
 
 

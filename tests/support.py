@@ -10,6 +10,7 @@ import os
 import random
 import shutil
 import socket
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -17,6 +18,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from agent.broker_auth import write_broker_auth
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -122,11 +125,22 @@ def mosquitto_binary() -> str | None:
     return shutil.which("mosquitto", path=search)
 
 
+MQTT_USER = "moonwatch"
+MQTT_PASSWORD = "test-mqtt-password"
+
+
 @contextlib.asynccontextmanager
-async def mosquitto_broker(tmp_path: Path, port: int | None = None) -> AsyncIterator[int]:
+async def mosquitto_broker(
+    tmp_path: Path,
+    port: int | None = None,
+    login: tuple[str, str] | None = None,
+    topic_prefix: str = "moonwatch",
+) -> AsyncIterator[int]:
     """A mosquitto listening on 127.0.0.1:`port` (default: a free port), yielding the port once
     it accepts connections; on exit that one process is SIGKILLed and reaped. Enter again with
-    the same port to restart a broker. Skips the test when mosquitto is not installed."""
+    the same port to restart a broker. Skips the test when mosquitto is not installed.
+    With `login` (user, password) anonymous access is off and that user may use
+    `topic_prefix`/# only (a password file and an ACL, as `moonwatch up` writes them)."""
     binary = mosquitto_binary()
     if binary is None:
         pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
@@ -134,8 +148,15 @@ async def mosquitto_broker(tmp_path: Path, port: int | None = None) -> AsyncIter
     start = next(_broker_starts)
     conf = tmp_path / f"mosquitto-{port}-{start}.conf"
     log_path = tmp_path / f"mosquitto-{port}-{start}.log"
+    # Run as root, mosquitto reads these files as its own user: keep them out of tmp_path,
+    # which only root may enter.
+    auth_dir = Path(tempfile.mkdtemp(prefix="moonwatch-broker-")) if login else None
+    access = "allow_anonymous true\n"
+    if auth_dir is not None and login is not None:
+        auth_dir.chmod(0o711)
+        access = "\n".join(write_broker_auth(auth_dir, *login, topic_prefix).config_lines()) + "\n"
     conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        f"listener {port} 127.0.0.1\n{access}persistence false\n"
         "log_dest stderr\nlog_type all\nconnection_messages true\n"
     )
     with log_path.open("ab") as log:
@@ -155,6 +176,8 @@ async def mosquitto_broker(tmp_path: Path, port: int | None = None) -> AsyncIter
         if process.returncode is None:
             process.kill()
         await asyncio.wait_for(process.wait(), 5.0)
+        if auth_dir is not None:
+            shutil.rmtree(auth_dir, ignore_errors=True)
 
 
 async def _wait_accepting(

@@ -17,6 +17,9 @@ __all__ = ["Detector", "DetectorConfig", "Outgoing", "ProbeReport"]
 # Deadlines are sums of decimal durations; a nanosecond of slack keeps 0.1 * 3 from missing 0.3.
 _SLACK_S = 1e-9
 
+# Round trips kept for a runner that does not take them (at most this many, then dropped).
+_MAX_ROUND_TRIPS = 1024
+
 _STATS = (
     "probes_sent",
     "acks",
@@ -97,6 +100,7 @@ class Detector:
         self._relays: dict[int, _Relay] = {}
         self._seen: dict[str, int] = {}
         self._reports: list[ProbeReport] = []
+        self._round_trips: list[tuple[str, float]] = []
         self._last_lag_penalty = float("-inf")
         self._stats: Counter[str] = Counter(dict.fromkeys(_STATS, 0))
 
@@ -146,6 +150,11 @@ class Detector:
         """Conclusions since the last call, oldest first."""
         reports, self._reports = self._reports, []
         return reports
+
+    def take_round_trips(self) -> list[tuple[str, float]]:
+        """(target, seconds) of each direct ack of our own probes since the last call."""
+        taken, self._round_trips = self._round_trips, []
+        return taken
 
     def note_loop_lag(self, lag_s: float, now: float) -> None:
         """Our loop woke `lag_s` late; at most one awareness point per probe interval."""
@@ -280,6 +289,8 @@ class Detector:
         direct_before = probe.direct_acked
         if probe.note_ack(now, helper):
             self._stats["acks"] += 1
+            if helper is None and len(self._round_trips) < _MAX_ROUND_TRIPS:
+                self._round_trips.append((probe.target, now - probe.started))
         if helper is None and not direct_before:
             self.awareness.apply_delta(-1)
         if probe.kind == "confirm":

@@ -29,6 +29,7 @@ class SwimRunner:
     lag, ticks the detector and sends what it says; inbound datagrams are decoded and answered at
     once. Reports go to `report` from a separate task, so a slow sink never delays probing;
     a failing sink is logged and the report dropped. Bad datagrams are counted in `rejected`.
+    Each tick hands the round trips of acknowledged direct probes to `round_trip`.
     """
 
     def __init__(
@@ -43,6 +44,7 @@ class SwimRunner:
         tick_s: float = 0.01,
         nonce: Callable[[], bytes] = _random_nonce,
         max_pending_reports: int = 1024,
+        round_trip: Callable[[str, float], None] | None = None,
     ) -> None:
         if tick_s <= 0:
             raise ValueError("tick_s must be positive")
@@ -55,6 +57,7 @@ class SwimRunner:
         self._members = members
         self._tick_s = tick_s
         self._nonce = nonce
+        self._round_trip = round_trip
         self._reports: asyncio.Queue[ProbeReport] = asyncio.Queue(max_pending_reports)
         self.rejected: Counter[str] = Counter()
         self._counts: Counter[str] = Counter()
@@ -106,6 +109,10 @@ class SwimRunner:
                 self._reports.put_nowait(report)
             except asyncio.QueueFull:
                 self._counts["reports_dropped"] += 1
+        round_trips = self._detector.take_round_trips()
+        if self._round_trip is not None:
+            for peer, rtt_s in round_trips:
+                self._round_trip(peer, rtt_s)
 
     def _on_datagram(self, data: bytes) -> None:
         try:

@@ -89,7 +89,8 @@ async def test_networks_and_the_gate_password(
 ) -> None:
     owner = await as_user(client, db, clock, acme, acme.owner)
     fields = {
-        "allowed_networks": "10.0.0.0/8\n192.0.2.7\n",
+        # The test client connects from loopback: keep it inside, or the gate stops it at once.
+        "allowed_networks": "10.0.0.0/8\n192.0.2.7\n127.0.0.0/8\n",
         "outside_networks": "basic",
         "gate_user": "gate",
         "gate_password": "gate secret 1",
@@ -97,7 +98,7 @@ async def test_networks_and_the_gate_password(
     saved = await owner.post("/admin/security/networks", fields)
     assert saved.status == 303, saved.text
     settings = await load_settings(db, acme.tenant_id)
-    assert settings.allowed_networks == ("10.0.0.0/8", "192.0.2.7")
+    assert settings.allowed_networks == ("10.0.0.0/8", "192.0.2.7", "127.0.0.0/8")
     assert settings.outside_networks == "basic" and settings.gate_user == "gate"
     assert PasswordHasher().verify(settings.gate_password_hash, "gate secret 1")
     raw = await db.fetchval("SELECT settings FROM tenants WHERE id = ?", acme.tenant_id)
@@ -185,7 +186,7 @@ async def test_the_settings_api(
         k: v for k, v in SecuritySettings().to_json().items() if k != "gate_password_hash"
     }
     patch = {"password_min_length": 20, "password_classes": ["symbol"], "lockout_minutes": 60,
-             "allowed_networks": ["2001:db8::/32"], "outside_networks": "basic",
+             "allowed_networks": ["2001:db8::/32", "127.0.0.0/8"], "outside_networks": "basic",
              "gate_user": "g", "gate_password": "api gate secret"}  # fmt: skip
     patched = await call(client, "PATCH", "/admin/security", token=token, json=patch)
     assert patched.status == 200, patched.body

@@ -8,7 +8,7 @@ import ipaddress
 import random
 import socket
 import string
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,10 +17,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from agent.clock import SystemClock
 from agent.config import DefaultLimits, TenantLimits, ThrottleConfig
 from agent.edge import STOPPED_HEADER, Edge
+from agent.metrics import AgentMetrics
 from agent.traffic import TrafficCounter
 from agent.traffic_counts import TenantCounts
+from consensus.memory import MemoryConsensus, MemoryLog
 from consensus.state import ClusterState, SlotRecord, Stop
 from tests.support import wait_until
 
@@ -143,6 +146,7 @@ async def running(
     throttle: ThrottleConfig | None = None,
     stops: tuple[Stop, ...] = (),
     counter: TrafficCounter | None = None,
+    answered: Callable[[str, int], None] | None = None,
 ) -> AsyncIterator[Running]:
     upstream = Upstream()
     async with serving(upstream.application()) as upstream_port:
@@ -156,6 +160,7 @@ async def running(
             counter=counter,
             wall=lambda: world.wall,
             monotonic=lambda: world.monotonic,
+            answered=answered,
         )
         async with (
             serving(edge.application()) as edge_port,
@@ -293,6 +298,33 @@ async def test_counts_after_a_mix_of_requests() -> None:
         assert counts["umbrella"].refused == 0
         assert set(counts) == {"acme", "initech", "umbrella"}
         assert r.edge.counter.take() == {}
+
+
+async def test_answers_are_counted_per_slot_by_status_class_for_prometheus() -> None:
+    metrics = AgentMetrics(MemoryConsensus(MemoryLog(voters=("m1",)), "m1", SystemClock()).snapshot)
+    metrics.start_at_zero(["s1", "s2", "s3"])
+    throttle = ThrottleConfig(
+        limits=DefaultLimits(rps=1.0, share=None, concurrent=10), local_burst_s=2.0
+    )
+    async with running(throttle, answered=metrics.edge_response) as r:
+        assert (await r.get("acme", "/bytes/1")).status == 200
+        assert (await r.get("globex", "/status/404")).status == 404
+        assert (await r.get("acme", "/status/302")).status == 302
+        assert (await r.get("acme")).status == 503  # over its local bucket
+        assert (await r.get("initech")).status == 503  # s2 has no serving owner
+        assert (await r.get("nobody")).status == 404  # no slot: not counted
+
+    def count(slot: str, code_class: str) -> float | None:
+        labels = {"slot": slot, "code_class": code_class}
+        return metrics.registry.get_sample_value("moonwatch_edge_requests_total", labels)
+
+    assert {c: count("s1", c) for c in ("2xx", "3xx", "4xx", "5xx")} == {
+        "2xx": 1.0,
+        "3xx": 1.0,
+        "4xx": 1.0,
+        "5xx": 1.0,
+    }
+    assert (count("s2", "5xx"), count("s2", "2xx"), count("s3", "5xx")) == (1.0, 0.0, 0.0)
 
 
 async def test_the_default_edge_counts_and_routes_without_throttling() -> None:

@@ -421,3 +421,19 @@ def test_next_deadline_says_when_a_tick_is_needed() -> None:
     assert d.next_deadline() == pytest.approx(0.1)
     d.tick(0.1)
     assert d.next_deadline() == pytest.approx(0.2)
+
+
+# ---------------------------------------------------------------- round trips for metrics
+
+
+def test_round_trips_of_direct_acks_are_handed_out_once() -> None:
+    d = detector()
+    first = only_ping(d.tick(0.0))
+    d.receive(ack_for(first), 0.004)
+    d.receive(ack_for(first), 0.006)  # a duplicate ack: not a second round trip
+    assert d.take_round_trips() == [(first.target, pytest.approx(0.004))]
+    assert d.take_round_trips() == []
+    second = only_ping(d.tick(0.2))
+    helper = sorted(ping_reqs(d.tick(0.3)))[0]
+    d.receive(Ack(second.seq, helper, "a", 0, on_behalf_of=second.target), 0.35)
+    assert d.take_round_trips() == []  # through a helper: no round trip of ours to the target
