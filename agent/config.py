@@ -99,6 +99,7 @@ from agent.config_types import (
 from agent.config_types import (
     Tenant as Tenant,
 )
+from agent.config_vip import Interface, VipConfig, vip_problems
 
 
 class ServerConfig(FrozenModel):
@@ -112,6 +113,8 @@ class ServerConfig(FrozenModel):
     edge_port: Port
     role: Literal["active", "spare"]
     domain: DomainLabel = "default"
+    # The interface this server puts slots' virtual IPs on; None: each slot's vip.interface.
+    vip_interface: Interface | None = None
 
     @property
     def raft_address(self) -> str:
@@ -141,6 +144,8 @@ class SlotConfig(FrozenModel):
     database_url_file: FileName | None = None
     database_url_env: EnvVarName | None = None
     database_url: SecretStr | None = Field(default=None, validate_default=True)
+    # The address that follows the slot's owner (none: clients reach it through the edges).
+    vip: VipConfig | None = None
 
     @field_validator("tenants")
     @classmethod
@@ -248,7 +253,7 @@ class ClusterConfig(FrozenModel):
         if not slots:
             raise ValueError("need at least one slot")
         names = duplicate_problems([s.name for s in slots], "slots", "name", "slot name")
-        raise_if_any(names + tenant_problems(slots))
+        raise_if_any(names + tenant_problems(slots) + vip_problems(slots))
         return slots
 
     @field_validator("voters")

@@ -172,6 +172,12 @@ class AgentMetrics:
             ["action"],
             registry=self.registry,
         )
+        self.vip_errors = Counter(
+            "moonwatch_vip_errors_total",
+            "Claims or releases of a slot's virtual IP that failed (each is retried)",
+            ["slot"],
+            registry=self.registry,
+        )
 
         self._healing_metrics()
         self._backup_metrics()

@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from agent.address_mover import AddressMover, NetlinkAddressMover
 from agent.api import ApiContext, build_api
 from agent.backups import BackupKeeper, SubprocessBackups, slots_to_back_up
 from agent.clock import Clock
@@ -29,6 +30,7 @@ from agent.reports import Aggregator, IntakeStats, ReportIntake, report_key, tra
 from agent.sdnotify import Notifier
 from agent.tenantcmd import provision
 from agent.traffic import TrafficCounter
+from agent.vips import VipKeeper, configured_vips, leased_slots
 from agent.voters import VoterKeeper, VoterSettings, read_voters
 from agent.watch import Watch
 from consensus.protocol import Consensus
@@ -61,6 +63,7 @@ def build_agent(
     consensus: Consensus | None = None,
     driver: ServerDriver | None = None,
     notifier: tuple[Notifier, float | None] | None = None,
+    mover: AddressMover | None = None,
 ) -> AgentParts:
     """Wire one agent. Tests pass their own consensus or driver; production passes neither.
     `notifier` (with systemd's watchdog interval) defaults to what systemd set in the
@@ -99,6 +102,16 @@ def build_agent(
         lease_s=config.timing.lease_s,
         renew_s=config.timing.lease_renew_s,
     )
+    vips = VipKeeper(
+        vips=configured_vips(config, server),
+        mover=mover or NetlinkAddressMover(clock),
+        serving=lambda: leased_slots(leases.leases, driver.instances(), clock.monotonic()),
+        clock=clock,
+        interval_s=config.timing.tick_s,
+        failed=lambda slot: metrics.vip_errors.labels(slot).inc(),
+    )
+    for slot in vips.slots:
+        metrics.vip_errors.labels(slot)
     watch = Watch(
         config, server, consensus, clock, incarnation, round_trip=metrics.probe_round_trip
     )
@@ -197,6 +210,7 @@ def build_agent(
             leases.run,
             watch.runner.run,
             keeper.run,
+            *([vips.run] if vips.slots else []),
             *reports.loops,
             *([events.run] if events is not None else []),
             *([backups.run] if config.backups.enabled else []),
