@@ -12,7 +12,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from agent.broker_auth import write_broker_auth
+from agent.driver import InstanceSpec, InstanceStatus
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -201,3 +202,29 @@ async def _wait_accepting(
 
 def _tail(path: Path, size: int = 2000) -> str:
     return path.read_text(errors="replace")[-size:]
+
+
+class StaticDriver:
+    """A ServerDriver that starts and stops nothing and reports a fixed set of instances
+    (none by default): for agents built in process whose decision loop does not run apps."""
+
+    def __init__(self, instances: Mapping[str, InstanceStatus] | None = None) -> None:
+        self.running: dict[str, InstanceStatus] = dict(instances or {})
+
+    async def ensure_running(self, spec: InstanceSpec) -> None:
+        return None
+
+    async def stop(self, slot: str, timeout_s: float) -> None:
+        return None
+
+    def grant_lease(self, slot: str, epoch: int, until: float) -> None:
+        return None
+
+    async def probe(self) -> None:
+        return None
+
+    def instances(self) -> Mapping[str, InstanceStatus]:
+        return dict(self.running)
+
+    async def close(self, timeout_s: float) -> None:
+        return None

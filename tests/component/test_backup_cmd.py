@@ -10,7 +10,7 @@ import asyncio
 import calendar
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from structlog.testing import capture_logs
 from agent.backups import BackupKeeper, SubprocessBackups
 from agent.cli import main
 from agent.config import ClusterConfig, parse_config
-from agent.driver import InstanceSpec, InstanceStatus
+from agent.driver import InstanceStatus
 from agent.loop import bootstrap_command
 from agent.metrics import AgentMetrics
 from agent.wiring import build_agent
@@ -30,7 +30,7 @@ from consensus.commands import ServerUp, SlotServing
 from consensus.memory import MemoryConsensus, MemoryLog
 from consensus.protocol import RaftStatus, Snapshot
 from consensus.state import ClusterState
-from tests.support import cluster_config, write_config
+from tests.support import StaticDriver, cluster_config, write_config
 
 # 02:59:58 UTC: the default schedule (03:00) is two seconds away.
 WALL = float(calendar.timegm(time.strptime("2024-03-10 02:59:58", "%Y-%m-%d %H:%M:%S")))
@@ -218,29 +218,10 @@ async def test_the_keeper_backs_up_at_the_scheduled_time_and_reports_failures(
 # ---------------------------------------------------------------- GET /v1/status
 
 
-class ServingDriver:
+def serving_driver(config: ClusterConfig) -> StaticDriver:
     """This server's instance of s1 serves at epoch 1; nothing else runs."""
-
-    def __init__(self, config: ClusterConfig) -> None:
-        self.address = f"127.0.0.1:{config.app_port('a1', 's1')}"
-
-    async def ensure_running(self, spec: InstanceSpec) -> None:
-        return None
-
-    async def stop(self, slot: str, timeout_s: float) -> None:
-        return None
-
-    def grant_lease(self, slot: str, epoch: int, until: float) -> None:
-        return None
-
-    async def probe(self) -> None:
-        return None
-
-    def instances(self) -> Mapping[str, InstanceStatus]:
-        return {"s1": InstanceStatus("s1", 1, self.address, 1, True, True, serving=True)}
-
-    async def close(self, timeout_s: float) -> None:
-        return None
+    address = f"127.0.0.1:{config.app_port('a1', 's1')}"
+    return StaticDriver({"s1": InstanceStatus("s1", 1, address, 1, True, True, serving=True)})
 
 
 @pytest.fixture
@@ -251,12 +232,17 @@ async def status(config_path: Path) -> AsyncIterator[tuple[Any, aiohttp.ClientSe
     consensus = MemoryConsensus(log, "a1", clock)
     await consensus.start()
     log.elect("a1")
-    driver = ServingDriver(config)
+    driver = serving_driver(config)
     for command in (
         bootstrap_command(config, WALL - 60),
         ServerUp(id="up-a1", at=WALL - 50, server="a1", incarnation=1),
         SlotServing(
-            id="serving-s1", at=WALL - 40, slot="s1", owner="a1", epoch=1, address=driver.address
+            id="serving-s1",
+            at=WALL - 40,
+            slot="s1",
+            owner="a1",
+            epoch=1,
+            address=driver.running["s1"].address,
         ),
     ):
         assert (await consensus.submit(command, timeout_s=1.0)).ok

@@ -18,13 +18,12 @@ from aiohttp import web
 
 from agent.cli import main
 from agent.config import ClusterConfig, parse_config
-from agent.driver import InstanceSpec, InstanceStatus
 from agent.loop import bootstrap_command
 from agent.stops_api import MAX_PIN_S, parse_duration
 from agent.wiring import build_agent
 from consensus.commands import Command, StopTenant
 from consensus.memory import MemoryConsensus, MemoryLog
-from tests.support import cluster_config, write_config
+from tests.support import StaticDriver, cluster_config, write_config
 
 WALL = 1_700_000_000.0
 TOKEN = "test-api-token"
@@ -48,26 +47,8 @@ class FrozenClock:
         await asyncio.sleep(0)
 
 
-class IdleDriver:
+class IdleDriver(StaticDriver):
     """No app instances: the decision loop, their only user, is not run here."""
-
-    async def ensure_running(self, spec: InstanceSpec) -> None:
-        return None
-
-    async def stop(self, slot: str, timeout_s: float) -> None:
-        return None
-
-    def grant_lease(self, slot: str, epoch: int, until: float) -> None:
-        return None
-
-    async def probe(self) -> None:
-        return None
-
-    def instances(self) -> Mapping[str, InstanceStatus]:
-        return {}
-
-    async def close(self, timeout_s: float) -> None:
-        return None
 
 
 @dataclass

@@ -4,7 +4,6 @@ a slot's address (served under a current lease: claim; lease gone or start-up: r
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 from typing import Any
@@ -19,13 +18,13 @@ from agent.address_mover import (
     garp_frame,
 )
 from agent.config import ConfigError, parse_config
-from agent.driver import InstanceSpec, InstanceStatus
+from agent.driver import InstanceStatus
 from agent.lease import Lease, LeaseKeeper
 from agent.metrics import AgentMetrics
 from agent.vips import Vip, VipKeeper, configured_vips, leased_slots, plan_vips
 from agent.wiring import build_agent
 from consensus.memory import MemoryConsensus, MemoryLog
-from tests.support import cluster_config
+from tests.support import StaticDriver, cluster_config
 
 MAC = bytes.fromhex("02aabbccddee")
 VIP1 = IPv4Interface("10.20.0.101/24")
@@ -47,32 +46,9 @@ class HandClock:
         await asyncio.sleep(0)
 
 
-class SlotsDriver:
-    """Reports the given instances as running; starts and stops nothing."""
-
-    def __init__(self) -> None:
-        self.running: dict[str, int] = {}
-
-    async def ensure_running(self, spec: InstanceSpec) -> None:
-        return None
-
-    async def stop(self, slot: str, timeout_s: float) -> None:
-        return None
-
-    def grant_lease(self, slot: str, epoch: int, until: float) -> None:
-        return None
-
-    async def probe(self) -> None:
-        return None
-
-    def instances(self) -> Mapping[str, InstanceStatus]:
-        return {
-            slot: InstanceStatus(slot, epoch, "127.0.0.1:1", 1, True, True, True)
-            for slot, epoch in self.running.items()
-        }
-
-    async def close(self, timeout_s: float) -> None:
-        return None
+def serving(slot: str, epoch: int) -> InstanceStatus:
+    """An instance of ``slot`` running and serving here at ``epoch``."""
+    return InstanceStatus(slot, epoch, "127.0.0.1:1", 1, True, True, True)
 
 
 # ---------------------------------------------------------------- the frame
@@ -149,8 +125,7 @@ def test_plan_vips(
 
 
 def test_only_a_current_lease_on_a_running_instance_counts() -> None:
-    running = SlotsDriver()
-    running.running = {"s1": 2, "s2": 1, "s3": 1}
+    running = StaticDriver({s: serving(s, e) for s, e in {"s1": 2, "s2": 1, "s3": 1}.items()})
     leases = {
         "s1": Lease(epoch=2, until=10.0, renewed_at=8.0),  # current
         "s2": Lease(epoch=1, until=5.0, renewed_at=3.0),  # run out
@@ -269,7 +244,7 @@ async def test_wiring_claims_under_the_lease_and_releases_when_it_runs_out(
     tmp_path: Path,
 ) -> None:
     config = parse_config(vip_config(tmp_path), tmp_path, {})
-    clock, driver, mover = HandClock(), SlotsDriver(), MemoryAddressMover()
+    clock, driver, mover = HandClock(), StaticDriver(), MemoryAddressMover()
     consensus = MemoryConsensus(MemoryLog(voters=config.voters), "a1", clock)
     parts = build_agent(config, "a1", clock, consensus=consensus, driver=driver, mover=mover)
     bound = {getattr(run, "__qualname__", ""): run for run in parts.background}
@@ -277,7 +252,7 @@ async def test_wiring_claims_under_the_lease_and_releases_when_it_runs_out(
     leases: LeaseKeeper = bound["LeaseKeeper.run"].__self__  # type: ignore[attr-defined]
     await vips.sync()  # start-up: neither is served here
     assert mover.calls == [("release", "s1", VIP1, "eth0"), ("release", "s2", VIP2, "eth0")]
-    driver.running["s1"] = 1
+    driver.running["s1"] = serving("s1", 1)
     await vips.sync()  # running, but no lease yet: never claimed unfenced
     assert mover.held == {}
     leases.leases["s1"] = Lease(epoch=1, until=clock.now + 1.9, renewed_at=clock.now)

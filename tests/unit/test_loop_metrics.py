@@ -4,16 +4,14 @@ changes of leader. One leader's loop over in-memory consensus and a clock moved 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 from pathlib import Path
 
 from agent.config import ClusterConfig, parse_config
-from agent.driver import InstanceSpec, InstanceStatus
 from agent.loop import DecisionLoop, bootstrap_command
 from agent.metrics import AgentMetrics, code_class
 from consensus.commands import Command, ReportProbe, ServerUp
 from consensus.memory import MemoryConsensus, MemoryLog
-from tests.support import cluster_config
+from tests.support import StaticDriver, cluster_config
 
 WALL = 1_700_000_000.0
 
@@ -36,26 +34,8 @@ class HandClock:
         await asyncio.sleep(0)
 
 
-class IdleDriver:
+class IdleDriver(StaticDriver):
     """Runs no app instance."""
-
-    async def ensure_running(self, spec: InstanceSpec) -> None:
-        return None
-
-    async def stop(self, slot: str, timeout_s: float) -> None:
-        return None
-
-    def grant_lease(self, slot: str, epoch: int, until: float) -> None:
-        return None
-
-    async def probe(self) -> None:
-        return None
-
-    def instances(self) -> Mapping[str, InstanceStatus]:
-        return {}
-
-    async def close(self, timeout_s: float) -> None:
-        return None
 
 
 class Leader:
