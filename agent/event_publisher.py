@@ -34,7 +34,7 @@ from agent.events import (
     server_topic,
     state_key,
 )
-from agent.mqtt import BACKOFF_MAX_S, BACKOFF_MIN_S, pause
+from agent.mqtt import BACKOFF_MAX_S, BACKOFF_MIN_S, keep_connected, pause
 from consensus.protocol import Consensus, Snapshot
 
 WATCH_TIMEOUT_S: Final = 1.0
@@ -121,14 +121,7 @@ class EventPublisher:
     async def run(self, stopping: asyncio.Event) -> None:
         watcher = asyncio.ensure_future(self._watch(stopping))
         try:
-            backoff = self._backoff[0]
-            while not stopping.is_set():
-                if await self._session(stopping):
-                    backoff = self._backoff[0]
-                if stopping.is_set():
-                    break
-                await pause(self._clock, stopping, backoff)
-                backoff = min(self._backoff[1], backoff * 2)
+            await keep_connected(self._session, self._clock, stopping, self._backoff)
         finally:
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Final, Literal, Protocol
 
@@ -33,6 +33,25 @@ TRAFFIC_PATH: Final = "/v1/traffic"
 _MAX_BOOT: Final = 2**53
 
 _log = structlog.get_logger("moonwatch.mqtt")
+
+
+async def keep_connected(
+    session: Callable[[asyncio.Event], Awaitable[bool]],
+    clock: Clock,
+    stopping: asyncio.Event,
+    backoff: tuple[float, float],
+) -> None:
+    """Run `session` (one connection; True if it got connected) again and again until
+    `stopping` is set, pausing between attempts with exponential backoff within `backoff`
+    (min, max), reset by every session that got connected."""
+    delay = backoff[0]
+    while not stopping.is_set():
+        if await session(stopping):
+            delay = backoff[0]
+        if stopping.is_set():
+            break
+        await pause(clock, stopping, delay)
+        delay = min(backoff[1], delay * 2)
 
 
 async def pause(clock: Clock, stopping: asyncio.Event, seconds: float) -> None:
@@ -129,14 +148,7 @@ class MqttLink:
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Stay connected and subscribed until `stopping` is set."""
-        backoff = self._backoff[0]
-        while not stopping.is_set():
-            if await self._session(stopping):
-                backoff = self._backoff[0]
-            if stopping.is_set():
-                break
-            await pause(self._clock, stopping, backoff)
-            backoff = min(self._backoff[1], backoff * 2)
+        await keep_connected(self._session, self._clock, stopping, self._backoff)
         self._note(False, "stopping")
 
     async def _session(self, stopping: asyncio.Event) -> bool:
