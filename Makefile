@@ -4,8 +4,9 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 CONFIG ?= cluster.yml
 PYTEST_ARGS ?=
+SOAK_MINUTES ?= 30
 
-.PHONY: run test lint typecheck layers unit bench soak clean venv
+.PHONY: run test lint typecheck layers unit bench chaos soak clean venv
 
 venv: $(VENV)/.installed
 
@@ -19,9 +20,18 @@ $(VENV)/.installed: pyproject.toml
 run: venv
 	$(BIN)/moonwatch up --config $(CONFIG)
 
-## test: lint, type-check, layer contracts, then the whole default test suite
+## test: lint, type-check, layer contracts, then the default test suite (a few chaos scenarios;
+## the extended ones run in `make chaos`)
 test: lint typecheck layers
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not chaos_extended" $(PYTEST_ARGS)
+
+## chaos: every network-namespace chaos scenario (root; a few minutes each, ~15 min in all)
+chaos: venv
+	$(BIN)/python -m pytest -m chaos tests/chaos $(PYTEST_ARGS)
+
+## soak: random lab faults for SOAK_MINUTES (default 30) with every checker; prints a summary
+soak: venv
+	$(BIN)/python -m tests.chaos.soak --minutes $(SOAK_MINUTES) --json bench-results/soak.json
 
 lint: venv
 	$(BIN)/ruff check agent consensus healer app tests scripts

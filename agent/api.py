@@ -7,15 +7,16 @@ import json
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from agent.clock import Clock
 from agent.explain import explained
 from agent.loop import DecisionLoop
-from agent.metrics import AgentMetrics
+from agent.metrics import AgentMetrics, http_reject_reason
 from agent.status import decision_document, decisions_document, status_document
 from agent.status_page import PageSources, status_routes
 from agent.stops_api import (
@@ -57,10 +58,16 @@ class ApiContext:
     backups: Callable[[], list[dict[str, Any]]] | None = None
     # The `mqtt` block of GET /v1/status: the events connection (None: no broker configured).
     mqtt: Callable[[], dict[str, Any]] | None = None
+    # The `resources` block of GET /v1/status: this server's resource conditions.
+    resources: Callable[[], dict[str, Any]] | None = None
+    # The `instances` block: the app instances this server runs, as its driver sees them.
+    instances: Callable[[], list[dict[str, Any]]] | None = None
 
 
 def build_api(ctx: ApiContext) -> web.Application:
-    app = web.Application(middlewares=[_json_errors], client_max_size=1024 * 1024)
+    app = web.Application(
+        middlewares=[_counted(ctx.metrics), _json_errors], client_max_size=1024 * 1024
+    )
     api = _Api(ctx)
     app.router.add_get("/healthz", api.healthz)
     app.router.add_get("/readyz", api.readyz)
@@ -86,6 +93,19 @@ def build_api(ctx: ApiContext) -> web.Application:
 
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, indent=None))
+
+
+def _counted(metrics: AgentMetrics) -> Middleware:
+    """A middleware that counts every refused request (4xx) by a fixed reason."""
+
+    @web.middleware
+    async def count(request: web.Request, handler: _Handler) -> web.StreamResponse:
+        response = await handler(request)
+        if 400 <= response.status < 500:
+            metrics.rejected_input("http", http_reject_reason(response.status))
+        return response
+
+    return count
 
 
 @web.middleware
@@ -134,6 +154,8 @@ class _Api:
         doc = status_document(self._ctx.cluster, self._ctx.server, self._ctx.pid, snap)
         doc["backups"] = self._ctx.backups() if self._ctx.backups is not None else []
         doc["mqtt"] = self._ctx.mqtt() if self._ctx.mqtt is not None else None
+        doc["resources"] = self._ctx.resources() if self._ctx.resources is not None else None
+        doc["instances"] = self._ctx.instances() if self._ctx.instances is not None else []
         return doc
 
     async def decisions(self, _: web.Request) -> web.Response:
@@ -226,10 +248,9 @@ class _Api:
         missing = not_a_tenant(self._ctx.consensus.snapshot().state, subdomain)
         if missing is not None:
             return missing
-        try:
-            body = await request.json() if request.body_exists else None
-        except ValueError:
-            return _json({"error": "body must be JSON", "status": 400}, 400)
+        body = await _json_body(request)
+        if isinstance(body, web.Response):
+            return body
         for_s = pin_duration(body)
         if isinstance(for_s, str):
             return _json({"error": for_s, "status": 400}, 400)
@@ -281,18 +302,53 @@ def _error(status: int, message: str) -> web.Response:
 
 async def _small_object(request: web.Request) -> dict[str, Any] | web.Response:
     """The request's JSON object body, at most MAX_OPERATOR_BODY bytes; else the 4xx answer."""
-    if (request.content_length or 0) > MAX_OPERATOR_BODY:
-        return _error(413, f"the body takes at most {MAX_OPERATOR_BODY} bytes")
-    raw = await request.content.read(MAX_OPERATOR_BODY + 1)
-    if len(raw) > MAX_OPERATOR_BODY:
-        return _error(413, f"the body takes at most {MAX_OPERATOR_BODY} bytes")
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        return _error(400, "the body must be a JSON object")
+    raw = await _read_body(request)
+    if isinstance(raw, web.Response):
+        return raw
+    body = _parse_json(raw)
     if not isinstance(body, dict):
         return _error(400, "the body must be a JSON object")
     return body
+
+
+async def _read_body(request: web.Request) -> bytes | web.Response:
+    """The whole body, at most MAX_OPERATOR_BODY bytes; else the 413 (or 400) answer."""
+    too_big = f"the body takes at most {MAX_OPERATOR_BODY} bytes"
+    if (request.content_length or 0) > MAX_OPERATOR_BODY:
+        return _error(413, too_big)
+    raw = bytearray()
+    try:
+        async for chunk in request.content.iter_chunked(MAX_OPERATOR_BODY):
+            raw += chunk
+            if len(raw) > MAX_OPERATOR_BODY:
+                return _error(413, too_big)
+    except web.RequestPayloadError:  # e.g. a Content-Encoding the bytes do not follow
+        unreadable = _error(400, "the body could not be read")
+        unreadable.force_close()  # the rest of the stream cannot be read either
+        return unreadable
+    return bytes(raw)
+
+
+_NOT_JSON: Final = object()
+
+
+def _parse_json(raw: bytes) -> object:
+    """The JSON value of `raw` (UTF-8, -16 or -32), or _NOT_JSON; never raises."""
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):  # bad UTF-8 is a ValueError too; so is a huge int
+        return _NOT_JSON
+
+
+async def _json_body(request: web.Request) -> object:
+    """An operator call's optional JSON body: None without one, else its value or the 4xx."""
+    if not request.body_exists:
+        return None
+    raw = await _read_body(request)
+    if isinstance(raw, web.Response):
+        return raw
+    body = _parse_json(raw)
+    return _error(400, "body must be JSON") if body is _NOT_JSON else body
 
 
 async def _submit_operator(ctx: ApiContext, command: Command) -> web.Response | None:
@@ -318,12 +374,9 @@ def _authorize(request: web.Request, token: str) -> web.Response | None:
 
 async def _reason(request: web.Request) -> str | web.Response:
     """The operator's reason from an optional JSON body {"reason": "..."}."""
-    if not request.body_exists:
-        return "operator request"
-    try:
-        body = await request.json()
-    except ValueError:
-        return _json({"error": "body must be JSON", "status": 400}, 400)
+    body = await _json_body(request)
+    if isinstance(body, web.Response):
+        return body
     reason = body.get("reason") if isinstance(body, dict) else None
     if reason is None:
         return "operator request"

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from agent.config import ClusterConfig, ConfigError, load_config
 from agent.configcheck import check_config_main
 from agent.daemon import EXIT_USAGE, Agent, install_signal_handlers
 from agent.eventscmd import events_command
+from agent.imagecmd import image_build
 from agent.launcher import LocalCluster, ports_in_use
 from agent.logs import configure_logging
 from agent.statusview import (
@@ -62,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
 
     _stops_parsers(sub)
     _events_parsers(sub)
+    _image_parsers(sub)
 
     tenant = sub.add_parser("tenant", help="provision tenants of the collaboration service")
     tenant_sub = tenant.add_subparsers(dest="tenant_command", required=True, metavar="ACTION")
@@ -112,6 +114,14 @@ def _backup_parsers(sub: Any) -> None:
     back.add_argument("--dry-run", action="store_true", help="show what would change, only")
     back.add_argument("--yes", action="store_true", help="replace the slot's data (not --dry-run)")
     back.add_argument("--config", default=DEFAULT_CONFIG)
+
+
+def _image_parsers(sub: Any) -> None:
+    image = sub.add_parser("image", help="the app's container image for the docker driver")
+    image_sub = image.add_subparsers(dest="image_command", required=True, metavar="COMMAND")
+    build = image_sub.add_parser("build", help="build it here from this installation (no pulls)")
+    build.add_argument("--config", default=DEFAULT_CONFIG, help="app.docker: image name, docker")
+    build.add_argument("--docker-url", help="instead of app.docker.url, e.g. unix:///run/d.sock")
 
 
 def _events_parsers(sub: Any) -> None:
@@ -175,6 +185,7 @@ _LOCAL: dict[str, Callable[[ClusterConfig, argparse.Namespace], int]] = {
     "backup": lambda c, a: backup_now(c, a.slot),
     "backups": lambda c, a: list_backups(c, a.slot),
     "restore": lambda c, a: restore(c, a.slot, a.backup_file, a.dry_run, a.yes),
+    "image": lambda c, a: image_build(c, a.docker_url),
     "events": lambda c, a: events_command(
         c, follow=a.follow, kind=a.kind, as_json=a.json, out=sys.stdout
     ),
@@ -316,18 +327,37 @@ async def _run_up(config_path: Path, config: ClusterConfig) -> int:
         manifest = config.data_dir / "up.json"
         cluster.write_manifest(manifest)
         _print_banner(cluster, manifest)
-        pending = await cluster.wait_ready(timeout_s=30.0)
-        if pending:
-            print(f"not ready after 30 s: {', '.join(pending)} (see {cluster.log_dir})")
-        elif not await cluster.wait_serving(timeout_s=30.0):
-            print(f"some slots are not serving after 30 s (see {cluster.log_dir})")
-        _show_status(config)
+        await _unless_stopping(_wait_started(cluster), stopping)  # Ctrl-C ends the wait
         await _watch(cluster, stopping)
     finally:
         print("\nstopping every server ...", flush=True)
         await cluster.stop(timeout_s=config.timing.shutdown_timeout_s + 2)
         print("stopped.", flush=True)
     return 0
+
+
+async def _wait_started(cluster: LocalCluster) -> None:
+    """Up to a minute: every agent ready, then every slot serving; then show the status."""
+    pending = await cluster.wait_ready(timeout_s=30.0)
+    if pending:
+        print(f"not ready after 30 s: {', '.join(pending)} (see {cluster.log_dir})")
+    elif not await cluster.wait_serving(timeout_s=30.0):
+        print(f"some slots are not serving after 30 s (see {cluster.log_dir})")
+    _show_status(cluster.config)
+
+
+async def _unless_stopping(work: Coroutine[Any, Any, None], stopping: asyncio.Event) -> None:
+    """Await `work`, cancelling it as soon as `stopping` is set; re-raise what it raised."""
+    task = asyncio.ensure_future(work)
+    stop = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        task.cancel()
+        stop.cancel()
+        await asyncio.gather(task, stop, return_exceptions=True)
+    if not task.cancelled():
+        task.result()
 
 
 def _print_banner(cluster: LocalCluster, manifest: Path) -> None:

@@ -47,6 +47,7 @@ from agent.config_policy import (
 from agent.config_policy import (
     TimingConfig as TimingConfig,
 )
+from agent.config_resources import ResourcesConfig
 from agent.config_rules import (
     cluster_problems,
     duplicate_problems,
@@ -220,6 +221,7 @@ class ClusterConfig(FrozenModel):
     mqtt: MqttConfig | None = None
     app: AppConfig = AppConfig()
     backups: BackupsConfig = BackupsConfig()
+    resources: ResourcesConfig = ResourcesConfig()
 
     @field_validator("data_dir", mode="before")
     @classmethod
@@ -236,6 +238,15 @@ class ClusterConfig(FrozenModel):
             return backups
         base_dir, _ = _context(info.context)
         return backups.model_copy(update={"dir": (base_dir / backups.dir).resolve()})
+
+    @field_validator("resources")
+    @classmethod
+    def _resources(cls, resources: ResourcesConfig, info: ValidationInfo) -> ResourcesConfig:
+        path = resources.disk_path
+        if path is None or path.is_absolute():
+            return resources
+        base_dir, _ = _context(info.context)
+        return resources.model_copy(update={"disk_path": (base_dir / path).resolve()})
 
     @field_validator("servers")
     @classmethod
@@ -298,12 +309,22 @@ class ClusterConfig(FrozenModel):
         """Where this server keeps its slots' backups."""
         return self.backups.dir or self.data_dir / "backups"
 
+    @property
+    def disk_path(self) -> Path:
+        """Where this server's free disk space is watched (`resources.disk_path`)."""
+        return self.resources.disk_path or self.data_dir
+
     def is_voter(self, name: str) -> bool:
         return name in self.voters
 
     def digest(self) -> str:
         """sha256 of everything but secrets and local paths: equal digests mean agents agree."""
-        local: dict[str, Any] = {"secrets": True, "data_dir": True, "backups": {"dir"}}
+        local: dict[str, Any] = {
+            "secrets": True,
+            "data_dir": True,
+            "backups": {"dir"},
+            "resources": {"disk_path"},
+        }
         shared = self.model_dump(mode="json", exclude=local)
         canonical = json.dumps(shared, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
         return hashlib.sha256(canonical.encode()).hexdigest()

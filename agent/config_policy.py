@@ -3,7 +3,7 @@ throttling, the hosted app and the MQTT broker."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import (
     Field,
@@ -154,11 +154,42 @@ class ThrottleConfig(FrozenModel):
         return self
 
 
+# A Docker Engine address: a unix socket or plain TCP (put TLS in front with a proxy).
+DockerUrl = Annotated[
+    str,
+    Strict(),
+    StringConstraints(max_length=200, pattern=r"^(unix:///\S+|tcp://[A-Za-z0-9.:\[\]-]+)$"),
+]
+# An image reference: repository[:tag] of lower-case names, as `docker build -t` accepts.
+ImageRef = Annotated[
+    str,
+    Strict(),
+    StringConstraints(
+        max_length=200, pattern=r"^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$"
+    ),
+]
+
+
+class DockerConfig(FrozenModel):
+    """How the docker driver runs app instances (see agent/driver_docker.py)."""
+
+    url: DockerUrl = "unix:///var/run/docker.sock"
+    # Built on each server by `moonwatch image build`; nothing is pulled from a registry.
+    image: ImageRef = "moonwatch-app:local"
+    memory_mb: int | None = Field(default=None, ge=64, le=1_048_576)
+    cpus: float | None = Field(default=None, gt=0, le=1024, allow_inf_nan=False)
+    # Docker's own health check of each container (what `docker ps` shows).
+    health_interval_s: Seconds = 5.0
+
+
 class AppConfig(FrozenModel):
     """Settings of the hosted collaboration service, passed to every instance the agent runs."""
 
     # The largest file a user may upload, in MiB.
     max_upload_mb: int = Field(default=25, ge=1, le=MAX_UPLOAD_MB)
+    # What runs each instance: `process` (a child of the agent) or `docker` (a container).
+    driver: Literal["process", "docker"] = "process"
+    docker: DockerConfig = DockerConfig()
 
 
 class MqttConfig(FrozenModel):

@@ -1,4 +1,6 @@
-"""The ServerDriver seam and ProcessDriver: run a slot's app as a child process of the agent."""
+"""The ServerDriver seam, and SupervisingDriver: restarts, health checks and leases for app
+instances, whatever runs them. ProcessDriver runs them as child processes of the agent;
+agent.driver_docker.DockerDriver runs them as containers."""
 
 from __future__ import annotations
 
@@ -10,100 +12,40 @@ import signal
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Protocol
 
 import aiohttp
 import structlog
 
 from agent.clock import Clock, clock_monotonic
+from agent.instances import (
+    InstanceHandle,
+    InstanceRuntime,
+    InstanceSpec,
+    InstanceStatus,
+    RestartPolicy,
+    ServerDriver,
+)
+
+__all__ = [
+    "DATABASE_URL_ENV",
+    "InstanceSpec",
+    "InstanceStatus",
+    "ProcessDriver",
+    "RestartPolicy",
+    "ServerDriver",
+    "SupervisingDriver",
+    "app_arguments",
+]
 
 _log = structlog.get_logger("moonwatch.driver")
 # The environment variable that carries a slot's database URL to its app instance.
 DATABASE_URL_ENV = "MOONWATCH_DATABASE_URL"
 
 
-@dataclass(frozen=True, slots=True)
-class InstanceSpec:
-    """Everything needed to run one slot's app instance on this server."""
-
-    slot: str
-    epoch: int
-    server: str
-    host: str
-    port: int
-    base_domain: str
-    tenants: tuple[str, ...]
-    data_dir: Path
-    overlap_log: Path | None = None
-    # postgresql://... (a secret: handed over in the environment, never in argv or repr).
-    database_url: str | None = field(default=None, repr=False)
-    max_upload_mb: int | None = None
-    # Addresses or CIDR ranges whose X-Forwarded-For the app believes (the cluster's edges).
-    trusted_proxies: tuple[str, ...] = ()
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-
-@dataclass(frozen=True, slots=True)
-class InstanceStatus:
-    slot: str
-    epoch: int
-    address: str
-    pid: int | None
-    running: bool
-    healthy: bool
-    serving: bool = False
-    gave_up: bool = False
-    restarts: int = 0
-    exit_code: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RestartPolicy:
-    """Local healing: restart a crashed or hung instance with backoff, a bounded number of
-    times per window; after that the slot is given up for the cluster to replace."""
-
-    max_restarts: int = 3
-    window_s: float = 60.0
-    first_backoff_s: float = 0.5
-    hung_after_failures: int = 5
-    start_grace_s: float = 15.0
-    health_interval_s: float = 0.5
-
-
-class ServerDriver(Protocol):
-    """Runs app instances. Every method is idempotent and bounded in time."""
-
-    async def ensure_running(self, spec: InstanceSpec) -> None:
-        """Start `spec` unless the same slot and epoch already runs (or waits out a restart
-        backoff, or gave up); another epoch of the same slot is stopped first. Returns once
-        spawned, not once healthy."""
-
-    async def stop(self, slot: str, timeout_s: float) -> None:
-        """Stop the slot's instance: SIGTERM, then SIGKILL after `timeout_s`. No-op if absent."""
-
-    def grant_lease(self, slot: str, epoch: int, until: float) -> None:
-        """Let the slot's instance serve until `until` (an instant of Clock.monotonic). Ignored
-        for an absent instance or another epoch; never blocks."""
-
-    async def probe(self) -> None:
-        """Refresh health (HTTP /healthz naming the right slot and epoch), notice crashes and
-        hangs, restart within the policy."""
-
-    def instances(self) -> Mapping[str, InstanceStatus]:
-        """The latest known status per slot."""
-
-    async def close(self, timeout_s: float) -> None:
-        """Stop every instance."""
-
-
 @dataclass
 class _Running:
     spec: InstanceSpec
-    proc: asyncio.subprocess.Process | None
+    handle: InstanceHandle | None
     started_at: float
     healthy: bool = False
     failures: int = 0
@@ -113,19 +55,21 @@ class _Running:
     restart_after: float = 0.0
     gave_up: bool = False
     exit_code: int | None = None
+    exit_reason: str | None = None
 
 
-class ProcessDriver:
-    """App instances as child processes in the agent's own process group, so that killing the
-    group (a server failure) kills them too. Each instance is told its lease on stdin and
-    refuses to serve past it."""
+class SupervisingDriver:
+    """The ServerDriver over any InstanceRuntime. Each instance is told its lease on its
+    control channel and refuses to serve past it."""
 
     def __init__(
         self,
+        runtime: InstanceRuntime,
         clock: Clock,
         policy: RestartPolicy | None = None,
         busy: Callable[[str], str | None] | None = None,
     ) -> None:
+        self._runtime = runtime
         self._clock = clock
         self._policy = policy or RestartPolicy()
         self._slots: dict[str, _Running] = {}
@@ -142,13 +86,11 @@ class ProcessDriver:
             current = None
         if current is None:
             current = self._slots[spec.slot] = _Running(spec, None, self._clock.monotonic())
-        if current.proc is not None:
-            if current.proc.returncode is None:
+        if current.handle is not None:
+            if current.handle.returncode is None:
                 return
             # It exited since the last probe: count the crash before deciding to restart.
-            self._crashed(
-                current, self._clock.monotonic(), f"exited with {current.proc.returncode}"
-            )
+            self._crashed(current, self._clock.monotonic())
         if current.gave_up or self._clock.monotonic() < current.restart_after:
             return
         await self._spawn(current)
@@ -158,42 +100,37 @@ class ProcessDriver:
         spec.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         if spec.overlap_log is not None:
             spec.overlap_log.parent.mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, "-m", "app", *_app_arguments(spec)]
-        run.proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.PIPE, env=_app_environment(spec)
-        )
+        run.handle = await self._runtime.spawn(spec)
         run.started_at = self._clock.monotonic()
         run.healthy, run.failures, run.next_probe, run.lease_until = False, 0, 0.0, 0.0
-        _log.info("instance_started", slot=spec.slot, epoch=spec.epoch, pid=run.proc.pid)
+        _log.info("instance_started", slot=spec.slot, epoch=spec.epoch, pid=run.handle.pid)
 
     async def stop(self, slot: str, timeout_s: float) -> None:
         run = self._slots.pop(slot, None)
-        if run is None or run.proc is None or run.proc.returncode is not None:
+        if run is None or run.handle is None or run.handle.returncode is not None:
             return
-        await _terminate(run.proc, timeout_s)
-        _log.info("instance_stopped", slot=slot, pid=run.proc.pid, exit_code=run.proc.returncode)
-        if run.proc.returncode != 0:  # killed: it could not record its own stop
-            _record_exit(run.spec, run.proc.pid, self._clock.monotonic(), "killed by its agent")
+        handle = run.handle
+        await handle.terminate(timeout_s)
+        _log.info("instance_stopped", slot=slot, pid=handle.pid, exit_code=handle.returncode)
+        if handle.returncode != 0:  # killed: it could not record its own stop
+            _record_exit(run.spec, handle.pid, self._clock.monotonic(), "killed by its agent")
 
     def grant_lease(self, slot: str, epoch: int, until: float) -> None:
         run = self._slots.get(slot)
-        if run is None or run.spec.epoch != epoch or run.proc is None or run.proc.stdin is None:
+        if run is None or run.spec.epoch != epoch or run.handle is None:
             return
-        if run.proc.returncode is not None or until <= run.lease_until:
+        if run.handle.returncode is not None or until <= run.lease_until:
             return
-        try:
-            run.proc.stdin.write(f"lease {until:.6f}\n".encode())
-        except (BrokenPipeError, ConnectionResetError, RuntimeError):
-            return
-        run.lease_until = until
+        if run.handle.send(f"lease {until:.6f}\n".encode()):
+            run.lease_until = until
 
     async def probe(self) -> None:
         now = self._clock.monotonic()
         for run in list(self._slots.values()):
-            if run.proc is None:
+            if run.handle is None:
                 continue
-            if run.proc.returncode is not None:
-                self._crashed(run, now, f"exited with {run.proc.returncode}")
+            if run.handle.returncode is not None:
+                self._crashed(run, now)
             elif now >= run.next_probe:
                 await self._check(run, now)
 
@@ -213,16 +150,18 @@ class ProcessDriver:
             run.failures = 0
             _log.warning("instance_overloaded_not_restarted", slot=run.spec.slot, why=overload)
             return
-        if hung and run.proc is not None:
+        if hung and run.handle is not None:
             _log.warning("instance_hung", slot=run.spec.slot, failures=run.failures)
-            await _terminate(run.proc, 0.0)
+            await run.handle.terminate(0.0)
             self._crashed(run, now, "hung")
 
-    def _crashed(self, run: _Running, now: float, why: str) -> None:
-        assert run.proc is not None
-        run.exit_code = run.proc.returncode
-        _record_exit(run.spec, run.proc.pid, now, why)
-        run.proc, run.healthy, run.lease_until = None, False, 0.0
+    def _crashed(self, run: _Running, now: float, why: str | None = None) -> None:
+        assert run.handle is not None
+        handle = run.handle
+        why = why or handle.exit_reason
+        run.exit_code, run.exit_reason = handle.returncode, why
+        _record_exit(run.spec, handle.pid, now, why)
+        run.handle, run.healthy, run.lease_until = None, False, 0.0
         run.crashes = [t for t in run.crashes if now - t < self._policy.window_s] + [now]
         if len(run.crashes) > self._policy.max_restarts:
             run.gave_up = True
@@ -239,13 +178,14 @@ class ProcessDriver:
                 slot=slot,
                 epoch=run.spec.epoch,
                 address=run.spec.address,
-                pid=run.proc.pid if run.proc else None,
-                running=run.proc is not None and run.proc.returncode is None,
+                pid=run.handle.pid if run.handle else None,
+                running=run.handle is not None and run.handle.returncode is None,
                 healthy=run.healthy,
                 serving=run.healthy and run.lease_until > now,
                 gave_up=run.gave_up,
                 restarts=len(run.crashes),
                 exit_code=run.exit_code,
+                exit_reason=run.exit_reason,
             )
             for slot, run in self._slots.items()
         }
@@ -255,6 +195,7 @@ class ProcessDriver:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        await self._runtime.close()
 
     async def _healthy(self, spec: InstanceSpec) -> bool:
         if self._session is None:
@@ -272,6 +213,68 @@ class ProcessDriver:
             and body.get("epoch") == spec.epoch
             and body.get("server") == spec.server
         )
+
+
+class ProcessDriver(SupervisingDriver):
+    """App instances as child processes in the agent's own process group, so that killing the
+    group (a server failure) kills them too."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        policy: RestartPolicy | None = None,
+        busy: Callable[[str], str | None] | None = None,
+    ) -> None:
+        super().__init__(_ProcessRuntime(), clock, policy, busy)
+
+
+class _ProcessRuntime:
+    async def spawn(self, spec: InstanceSpec) -> InstanceHandle:
+        argv = [sys.executable, "-m", "app", *app_arguments(spec), "--parent-pid", str(os.getpid())]
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.PIPE, env=_app_environment(spec)
+        )
+        return _ProcessHandle(proc)
+
+    async def close(self) -> None:
+        return None
+
+
+class _ProcessHandle:
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self._proc = proc
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode
+
+    @property
+    def exit_reason(self) -> str:
+        return f"exited with {self._proc.returncode}"
+
+    def send(self, line: bytes) -> bool:
+        if self._proc.stdin is None or self._proc.returncode is not None:
+            return False
+        try:
+            self._proc.stdin.write(line)
+        except (BrokenPipeError, ConnectionResetError, RuntimeError):
+            return False
+        return True
+
+    async def terminate(self, timeout_s: float) -> None:
+        proc = self._proc
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM if timeout_s > 0 else signal.SIGKILL)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout_s if timeout_s > 0 else 5.0)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
 
 
 def _record_exit(spec: InstanceSpec, pid: int, now: float, why: str) -> None:
@@ -301,18 +304,6 @@ def _record_exit(spec: InstanceSpec, pid: int, now: float, why: str) -> None:
         _log.warning("overlap_record_failed", slot=spec.slot, error=str(exc))
 
 
-async def _terminate(proc: asyncio.subprocess.Process, timeout_s: float) -> None:
-    """SIGTERM, then SIGKILL once `timeout_s` has passed (at once for 0)."""
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(signal.SIGTERM if timeout_s > 0 else signal.SIGKILL)
-    try:
-        await asyncio.wait_for(proc.wait(), timeout_s if timeout_s > 0 else 5.0)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-
-
 def _app_environment(spec: InstanceSpec) -> dict[str, str]:
     """The agent's environment, plus the slot's database URL where it has one (the app reads
     it from DATABASE_URL_ENV, so it never shows in the process list)."""
@@ -322,12 +313,12 @@ def _app_environment(spec: InstanceSpec) -> dict[str, str]:
     return env
 
 
-def _app_arguments(spec: InstanceSpec) -> list[str]:
+def app_arguments(spec: InstanceSpec) -> list[str]:
+    """The app's command line for `spec` (after `python -m app`), control on stdin."""
     args = [
         "--slot", spec.slot, "--server", spec.server, "--epoch", str(spec.epoch),
         "--host", spec.host, "--port", str(spec.port), "--base-domain", spec.base_domain,
         "--data-dir", str(spec.data_dir), "--control", "stdin",
-        "--parent-pid", str(os.getpid()),
     ]  # fmt: skip
     if spec.overlap_log is not None:
         args += ["--overlap-log", str(spec.overlap_log)]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -26,6 +28,7 @@ from agent.events import (
     cursor_seq,
     cursor_topic,
     encode,
+    events_topic,
     missed,
     offline_document,
     pending_events,
@@ -57,6 +60,8 @@ class PublisherCounts:
     disconnects: int = 0
     published: int = 0
     handed_over: int = 0
+    # Retained cursors that were not a cursor document (ignored: anyone may publish there).
+    bad_cursors: int = 0
 
 
 class EventPublisher:
@@ -99,6 +104,8 @@ class EventPublisher:
         self._queued = 0  # the highest decision put in the buffer while leading
         self._document: dict[str, Any] | None = None
         self._sent_key: tuple[object, ...] | None = None
+        # This agent's own events (topic, payload), oldest first; bounded like the buffer.
+        self._local: deque[tuple[str, bytes]] = deque()
 
     @property
     def connected(self) -> bool:
@@ -113,10 +120,22 @@ class EventPublisher:
         """The `mqtt` block of /v1/status."""
         return {
             "connected": self._connected,
-            "buffered": len(self.buffer),
+            "buffered": len(self.buffer) + len(self._local),
             "dropped": self.buffer.dropped,
+            "rejected_cursors": self.counts.bad_cursors,
             "last_error": self.last_error,
         }
+
+    def publish_local(self, kind: str, document: Mapping[str, Any]) -> None:
+        """Publish an event of this agent itself (e.g. resource_degraded), not a committed
+        decision: QoS 1 on events/<kind>, in order, held while the broker is away (the oldest
+        dropped and counted when full); whether or not this agent leads. Never blocks."""
+        if len(self._local) >= self.buffer.capacity:
+            self._local.popleft()
+            self.buffer.lost(1)
+        topic = events_topic(self._config.topic_prefix, self._cluster, kind)
+        self._local.append((topic, encode(document)))
+        self._wake.set()
 
     async def run(self, stopping: asyncio.Event) -> None:
         watcher = asyncio.ensure_future(self._watch(stopping))
@@ -236,6 +255,8 @@ class EventPublisher:
             seq = cursor_seq(bytes(payload)) if isinstance(payload, bytes | bytearray) else None
             if seq is not None:
                 self._seen = max(self._seen or 0, seq)
+            elif payload:  # an empty retained message only clears the cursor
+                self.counts.bad_cursors += 1
             self._cursor_arrived.set()
 
     async def _write(self, client: aiomqtt.Client) -> None:
@@ -248,6 +269,7 @@ class EventPublisher:
             self._wake.clear()
             await self._send_state(client)
             await self._flush(client)
+            await self._flush_local(client)
             await self._wake.wait()
 
     async def _send_state(self, client: aiomqtt.Client) -> None:
@@ -273,6 +295,14 @@ class EventPublisher:
             await client.publish(
                 self.cursor_topic, cursor, qos=1, retain=True, timeout=self._timeouts[1]
             )
+
+    async def _flush_local(self, client: aiomqtt.Client) -> None:
+        while self._local:
+            topic, payload = self._local[0]
+            await client.publish(topic, payload, qos=1, timeout=self._timeouts[1])
+            if self._local and self._local[0][1] is payload:
+                self._local.popleft()
+            self.counts.published += 1
 
     def _note_connected(self) -> None:
         self._connected = True

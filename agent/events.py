@@ -14,6 +14,7 @@ the highest cursor it saw (or from its own last acknowledged event).
 from __future__ import annotations
 
 import json
+import re
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -26,6 +27,9 @@ from consensus.state import Decision
 
 DEFAULT_BUFFER: Final = 1000
 OFFLINE: Final = "offline"
+# Far above any event or state document; a payload over it is not one of ours.
+MAX_PAYLOAD_BYTES: Final = 1024 * 1024
+_SEQ_DIGITS: Final = re.compile(r"[0-9]{1,18}")
 
 
 def events_topic(prefix: str, cluster: str, kind: str = "+") -> str:
@@ -48,18 +52,22 @@ def encode(document: Mapping[str, Any]) -> bytes:
 
 
 def decode(payload: bytes) -> dict[str, Any] | None:
-    """A JSON object from a payload, or None for anything else."""
+    """A JSON object from a payload, or None for anything else (never raises: anyone who may
+    publish on the broker writes these bytes)."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        return None
     try:
         value = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; deep nesting
         return None
     return value if isinstance(value, dict) else None
 
 
 def decision_seq(decision_id: str) -> int | None:
-    """The position of a decision in the cluster's history, from its id ("d000012" -> 12)."""
+    """The position of a decision in the cluster's history, from its id ("d000012" -> 12);
+    None for anything else (ASCII digits only: `int` refuses "²" and over 4300 digits)."""
     digits = decision_id[1:]
-    if not decision_id.startswith("d") or not digits.isdigit():
+    if not decision_id.startswith("d") or not _SEQ_DIGITS.fullmatch(digits):
         return None
     return int(digits)
 
@@ -81,6 +89,36 @@ def decision_event(decision: Decision, cluster: str) -> dict[str, Any]:
         "subject": decision.subject,
         "evidence": decision.evidence,
         "summary": summary(decision),
+        "cluster": cluster,
+    }
+
+
+# Events an agent publishes about its own server (not committed decisions; not in the cursor).
+RESOURCE_DEGRADED: Final = "resource_degraded"
+RESOURCE_RECOVERED: Final = "resource_recovered"
+
+
+def resource_event(
+    server: str, cluster: str, at: float, degraded: bool, evidence: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The event of one of `server`'s resource conditions changing level; its id is unique
+    per server, resource and millisecond (consumers de-duplicate on it like on decisions)."""
+    kind = RESOURCE_DEGRADED if degraded else RESOURCE_RECOVERED
+    resource = str(evidence.get("resource", "?"))
+    value = evidence.get("value")
+    shown = f"{value:.1f} {evidence.get('unit', '')}" if isinstance(value, float | int) else "?"
+    words = (
+        f"{server}'s {resource} went from {evidence.get('from')} to {evidence.get('to')}: "
+        f"{shown} (warning {evidence.get('warning')}, critical {evidence.get('critical')})"
+    )
+    detail = evidence.get("detail")
+    return {
+        "id": f"{server}:{resource}:{round(at * 1000)}",
+        "kind": kind,
+        "at": at,
+        "subject": server,
+        "evidence": dict(evidence),
+        "summary": f"{words}; {detail}." if detail else f"{words}.",
         "cluster": cluster,
     }
 

@@ -51,6 +51,20 @@ def _assigned(d: Decision) -> str:
     )
 
 
+def _draining(d: Decision) -> str:
+    e = d.evidence
+    slots = ", ".join(e.get("slots", [])) or "(none)"
+    if e.get("operator", True):
+        return (
+            f"an operator is draining {d.subject} ({e.get('reason')}); its slots {slots} "
+            "move to spares without a verdict."
+        )
+    return (
+        f"{d.subject} drained itself: {e.get('reason')}; its slots {slots} move to spares "
+        "without a verdict, and it stays out of service until an operator returns it."
+    )
+
+
 def _mode(d: Decision) -> str:
     e = d.evidence
     who = "an operator" if e.get("operator") else "the leader"
@@ -125,10 +139,7 @@ _SENTENCES: dict[str, Callable[[Decision], str]] = {
     ),
     "server_returned": _returned,
     "slot_assigned": _assigned,
-    "server_draining": lambda d: (
-        f"an operator is draining {d.subject} ({d.evidence.get('reason')}); its slots "
-        f"{', '.join(d.evidence.get('slots', [])) or '(none)'} move to spares without a verdict."
-    ),
+    "server_draining": _draining,
     "slot_released": lambda d: (
         f"{d.evidence.get('owner')} gave slot {d.subject} up: {d.evidence.get('reason')}."
     ),

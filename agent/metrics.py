@@ -3,15 +3,41 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import get_args
+from typing import Final, Literal, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from agent.resource_metrics import ResourceCollector
 from consensus.protocol import Snapshot
 from consensus.state import ServerState, SlotState
+
+# Inputs the agent refused, by where they came from and why: fixed label values only.
+InputSource = Literal["http"]
+HttpRejectReason = Literal[
+    "malformed",
+    "unauthorized",
+    "forbidden",
+    "not_found",
+    "bad_method",
+    "conflict",
+    "too_large",
+    "other",
+]
+REJECT_REASONS: Final[dict[InputSource, tuple[str, ...]]] = {
+    "http": get_args(HttpRejectReason),
+}
+_HTTP_REASON_OF: Final[dict[int, HttpRejectReason]] = {
+    400: "malformed",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "bad_method",
+    409: "conflict",
+    413: "too_large",
+}
 
 
 class _SnapshotCollector(Collector):
@@ -179,6 +205,16 @@ class AgentMetrics:
             registry=self.registry,
         )
 
+        self.rejected_inputs = Counter(
+            "moonwatch_rejected_inputs_total",
+            "Inputs this agent refused, by source and reason (probe datagrams: "
+            "moonwatch_detector_events; traffic reports: moonwatch_traffic_reports)",
+            ["source", "reason"],
+            registry=self.registry,
+        )
+        for source, reasons in REJECT_REASONS.items():
+            for reason in reasons:
+                self.rejected_inputs.labels(source, reason)
         self._healing_metrics()
         self._backup_metrics()
 
@@ -254,6 +290,10 @@ class AgentMetrics:
             for code in ("2xx", "3xx", "4xx", "5xx"):
                 self.edge_requests.labels(slot, code)
 
+    def rejected_input(self, source: InputSource, reason: HttpRejectReason) -> None:
+        """Count one refused input (the reason must be one of REJECT_REASONS[source])."""
+        self.rejected_inputs.labels(source, reason).inc()
+
     def edge_response(self, slot: str, status: int) -> None:
         """Count one answer of the edge for a tenant of `slot` by its status class."""
         self.edge_requests.labels(slot, code_class(status)).inc()
@@ -270,9 +310,18 @@ class AgentMetrics:
         """Export the failure detector's counters at scrape time."""
         self.registry.register(_DetectorCollector(stats))
 
+    def watch_resources(self, status: Callable[[], Mapping[str, object]]) -> None:
+        """Export this server's resource levels (the `resources` block of /v1/status)."""
+        self.registry.register(ResourceCollector(status))
+
     def watch_mqtt(self, status: Callable[[], Mapping[str, object]]) -> None:
         """Export the events connection's state (the `mqtt` block of /v1/status) at scrape."""
         self.registry.register(_MqttCollector(status))
+
+
+def http_reject_reason(status: int) -> HttpRejectReason:
+    """The reason label of a refused HTTP request, from its 4xx status."""
+    return _HTTP_REASON_OF.get(status, "other")
 
 
 def code_class(status: int) -> str:
@@ -303,4 +352,10 @@ class _MqttCollector(Collector):
             "moonwatch_mqtt_events_dropped",
             "Events dropped because the buffer was full while the broker was away",
             value=dropped if isinstance(dropped, int) else 0,
+        )
+        rejected = status.get("rejected_cursors")
+        yield CounterMetricFamily(
+            "moonwatch_mqtt_rejected_cursors",
+            "Retained event cursors on the broker that were malformed and ignored",
+            value=rejected if isinstance(rejected, int) else 0,
         )

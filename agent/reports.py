@@ -394,7 +394,13 @@ def traffic_handler(
     intake = ReportIntake(aggregator, key, cluster, stats)
 
     async def handle(request: web.Request) -> web.Response:
-        data = await _read_capped(request, MAX_REPORT_BYTES)
+        try:
+            data = await _read_capped(request, MAX_REPORT_BYTES)
+        except web.RequestPayloadError:  # e.g. a Content-Encoding the bytes do not follow
+            intake.stats.reject("malformed")
+            unreadable = _error(400, "malformed", "the body could not be read")
+            unreadable.force_close()  # the rest of the stream cannot be read either
+            return unreadable
         if data is None:
             intake.stats.reject("too_big")
             return _error(413, "too_big", f"a report has at most {MAX_REPORT_BYTES} bytes")

@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import functools
 import os
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,14 +19,18 @@ from agent.clock import Clock
 from agent.config import ClusterConfig
 from agent.daemon import AgentParts, next_incarnation, store_incarnation
 from agent.driver import ProcessDriver, RestartPolicy, ServerDriver
+from agent.driver_docker import DockerDriver, docker_settings
 from agent.edge import Edge
 from agent.event_publisher import EventPublisher
+from agent.events import resource_event
 from agent.heartbeat import Heartbeat
 from agent.lease import LeaseKeeper
 from agent.loop import DecisionLoop
 from agent.metrics import AgentMetrics
 from agent.mqtt import HttpReportPoster, LeaderListening, MqttLink, ReportPublisher
 from agent.reports import Aggregator, IntakeStats, ReportIntake, report_key, traffic_handler
+from agent.resource_levels import Change
+from agent.resources import PsutilSampler, ResourceWatch, Sampler
 from agent.sdnotify import Notifier
 from agent.tenantcmd import provision
 from agent.traffic import TrafficCounter
@@ -64,6 +68,7 @@ def build_agent(
     driver: ServerDriver | None = None,
     notifier: tuple[Notifier, float | None] | None = None,
     mover: AddressMover | None = None,
+    sampler: Sampler | None = None,
 ) -> AgentParts:
     """Wire one agent. Tests pass their own consensus or driver; production passes neither.
     `notifier` (with systemd's watchdog interval) defaults to what systemd set in the
@@ -74,14 +79,7 @@ def build_agent(
     consensus = consensus or SyncObjConsensus(
         raft_settings(config, server, read_voters(voters_file)), clock
     )
-    driver = driver or ProcessDriver(
-        clock,
-        RestartPolicy(
-            health_interval_s=config.timing.app_health_interval_s,
-            start_grace_s=config.timing.app_start_timeout_s,
-        ),
-        busy=overload_reason(config, traffic),
-    )
+    driver = driver or server_driver(config, server, clock, overload_reason(config, traffic))
     reports = _reports(config, server, consensus, clock, traffic)
     metrics = AgentMetrics(consensus.snapshot)
     metrics.start_at_zero(slot.name for slot in config.slots)
@@ -92,6 +90,8 @@ def build_agent(
     )
     if events is not None:
         metrics.watch_mqtt(events.status)
+    resources = _resource_watch(config, server, consensus, clock, events, sampler)
+    metrics.watch_resources(resources.status)
     incarnation_file = config.data_dir / "servers" / server / "incarnation"
     incarnation = next_incarnation(incarnation_file)
     leases = LeaseKeeper(
@@ -166,6 +166,8 @@ def build_agent(
             provision=functools.partial(provision, config),
             backups=backups.statuses,
             mqtt=events.status if events is not None else None,
+            resources=resources.status,
+            instances=lambda: [dataclasses.asdict(i) for i in driver.instances().values()],
         )
     )
     keeper = VoterKeeper(
@@ -214,10 +216,40 @@ def build_agent(
             *reports.loops,
             *([events.run] if events is not None else []),
             *([backups.run] if config.backups.enabled else []),
+            *([resources.run] if config.resources.enabled else []),
             *([heartbeat.run] if heartbeat is not None else []),
         ],
         backups=backups,
         on_stopping=[heartbeat.stopping] if heartbeat is not None else [],
+    )
+
+
+def _resource_watch(
+    config: ClusterConfig,
+    server: str,
+    consensus: Consensus,
+    clock: Clock,
+    events: EventPublisher | None,
+    sampler: Sampler | None,
+) -> ResourceWatch:
+    """This server's own health (disk of the data directory, memory, open files, CPU steal,
+    load); its level changes go to the log and, with a broker, to MQTT as events."""
+    settings = config.resources
+
+    def notify(change: Change, evidence: Mapping[str, Any]) -> None:
+        if events is not None:
+            document = resource_event(
+                server, config.cluster, clock.wall(), change.degraded, evidence
+            )
+            events.publish_local(document["kind"], document)
+
+    return ResourceWatch(
+        settings=settings,
+        server=server,
+        sampler=sampler or PsutilSampler(config.disk_path, settings.timeout_s),
+        consensus=consensus,
+        clock=clock,
+        notify=notify,
     )
 
 
@@ -269,6 +301,7 @@ def _reports(
         leader = consensus.snapshot().raft.leader
         return urls.get(leader) if leader is not None and leader != server else None
 
+    poster = HttpReportPoster()
     publisher = ReportPublisher(
         cluster=config.cluster,
         server=server,
@@ -278,10 +311,17 @@ def _reports(
         aggregator=aggregator,
         clock=clock,
         link=LeaderListening(link, lambda: consensus.snapshot().raft.leader) if link else None,
-        poster=HttpReportPoster(),
+        poster=poster,
         leader_url=leader_url,
     )
-    loops: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = [publisher.run]
+
+    async def publish(stopping: asyncio.Event) -> None:
+        try:
+            await publisher.run(stopping)
+        finally:
+            await poster.close()  # its HTTP session, opened when this agent was a follower
+
+    loops: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = [publish]
     if link is not None:
         loops.append(link.run)
     handler = traffic_handler(aggregator, key, config.cluster, stats)
@@ -293,6 +333,19 @@ def _reports(
         return {**sent, **mqtt, "accepted": stats.accepted, "ignored": stats.ignored, **rejected}
 
     return _Reports(aggregator, handler, loops, counters)
+
+
+def server_driver(
+    config: ClusterConfig, server: str, clock: Clock, busy: Callable[[str], str | None]
+) -> ServerDriver:
+    """What runs this server's app instances: child processes, or containers."""
+    policy = RestartPolicy(
+        health_interval_s=config.timing.app_health_interval_s,
+        start_grace_s=config.timing.app_start_timeout_s,
+    )
+    if config.app.driver == "docker":
+        return DockerDriver(docker_settings(config, server), clock, policy, busy)
+    return ProcessDriver(clock, policy, busy)
 
 
 def overload_reason(config: ClusterConfig, traffic: TrafficCounter) -> Callable[[str], str | None]:

@@ -197,7 +197,9 @@ class ReturnServer:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DrainServer:
     """An operator takes a server out of service for maintenance, without any verdict: it
-    stops and releases its slots, which the leader hands to spares at once."""
+    stops and releases its slots, which the leader hands to spares at once. `operator` False:
+    the server's own agent drains it because it cannot keep serving safely (its `evidence`
+    says what ran out). Both fields have defaults, so entries written before them decode."""
 
     __pydantic_config__ = _STRICT
 
@@ -205,6 +207,8 @@ class DrainServer:
     at: float
     server: str
     reason: str
+    operator: bool = True
+    evidence: dict[str, Any] = field(default_factory=dict)
     kind: Literal["drain_server"] = "drain_server"
     version: int = COMMAND_VERSION
 

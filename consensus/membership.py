@@ -166,5 +166,6 @@ def drain_server(state: ClusterState, cmd: DrainServer) -> ClusterState:
     state = put_server(state, moved_to(server, "draining", cmd.at))
     state = _without_suspicion(state, cmd.server)
     slots = [s.name for s in state.slots_owned_by(cmd.server) if s.state in ("assigned", "serving")]
-    evidence = {"reason": cmd.reason, "slots": slots}
+    # Facts the state machine records win over anything the submitter put in its evidence.
+    evidence = {**cmd.evidence, "reason": cmd.reason, "slots": slots, "operator": cmd.operator}
     return decide(state, "server_draining", cmd.at, cmd.server, evidence)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from consensus.commands import Bootstrap, Command, ReleaseSlot, ServerUp, SlotServing
 from consensus.protocol import RaftStatus
 from consensus.state import ClusterState, ServerRecord, SlotRecord
+from healer.witnesses import WITNESSES, witnesses
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,10 +69,13 @@ def plan_local(
     bootstrap: Bootstrap,
     addresses: Mapping[str, str],
     now: float,
+    *,
+    witness_count: int | None = WITNESSES,
 ) -> LocalPlan:
     """Decide one tick. `addresses` maps each slot to the address this server serves it on;
     `bootstrap` is used only by a leader that finds the cluster empty. `now` is wall time,
-    recorded in the commands."""
+    recorded in the commands. This server checks the suspicions it is a witness of (at most
+    `witness_count` servers are, as in `VerdictPolicy.witnesses`)."""
     if not state.bootstrapped:
         if raft.is_leader:
             return LocalPlan("leader: bootstrapping the cluster", (bootstrap,))
@@ -91,6 +95,7 @@ def plan_local(
         for s in state.suspicions
         if s.target != view.server
         and (key := (s.target, s.incarnation, s.since)) not in view.confirmed
+        and view.server in witnesses(state, s, witness_count)
     )
     owned = [s for s in state.slots_owned_by(view.server) if s.state in ("assigned", "serving")]
     releases = tuple(_release(s, view.server, now) for s in owned if _gave_up(s, view))
@@ -115,7 +120,7 @@ def _drain(
     spare at once (the instance is stopped before the release commits, so nothing overlaps)."""
     held = [s for s in state.slots_owned_by(view.server) if s.state in ("assigned", "serving")]
     releases = tuple(
-        dataclasses.replace(_release(s, view.server, now), reason="drained by an operator")
+        dataclasses.replace(_release(s, view.server, now), reason="its server is draining")
         for s in held
     )
     if not releases and not stops:

@@ -9,6 +9,7 @@ from typing import Any
 from consensus.commands import Command, DropSuspicion, MarkServerFailed
 from consensus.state import ClusterState, Suspicion
 from healer.suspicion import suspicion_timeout
+from healer.witnesses import WITNESSES, witnesses
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +20,8 @@ class VerdictPolicy:
     suspicion_min_s: float = 0.8
     suspicion_max_s: float = 2.4
     expire_s: float = 10.0
+    # Servers asked to probe a suspected server (healer.witnesses); None: every up server.
+    witnesses: int | None = WITNESSES
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,13 +43,20 @@ class Tally:
 
 
 def tally(state: ClusterState, suspicion: Suspicion, policy: VerdictPolicy) -> Tally:
-    """Every up server except the target probes it once a suspicion is committed, so the
-    servers that probed it in the window are the eligible ones; a verdict needs a majority of
-    them and never fewer than `min_observers` distinct observers."""
-    eligible = tuple(s.name for s in state.up_servers() if s.name != suspicion.target)
+    """The witnesses of a suspicion probe its target once it is committed, so they and every
+    other up server that reported on it are the ones that probed it in the window: the eligible
+    observers. A verdict needs a majority of them and never fewer than `min_observers`."""
+    chosen = set(witnesses(state, suspicion, policy.witnesses))
+    reporters = {r.observer for r in suspicion.reports}
+    eligible = tuple(
+        s.name
+        for s in state.up_servers()
+        if s.name != suspicion.target and (s.name in chosen or s.name in reporters)
+    )
     required = max(policy.min_observers, len(eligible) // 2 + 1)
-    unreachable = tuple(o for o in suspicion.unreachable_by() if o in eligible)
-    reachable = tuple(o for o in suspicion.reachable_by() if o in eligible)
+    allowed = set(eligible)
+    unreachable = tuple(o for o in suspicion.unreachable_by() if o in allowed)
+    reachable = tuple(o for o in suspicion.reachable_by() if o in allowed)
     return Tally(eligible, unreachable, reachable, required)
 
 

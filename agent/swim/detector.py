@@ -32,6 +32,7 @@ _STATS = (
     "relays_dropped",
     "pings_answered",
     "confirms",
+    "confirm_retries",
     "unreachable",
     "suppressed_reports",
     "lag_penalties",
@@ -52,6 +53,10 @@ class DetectorConfig:
     relay_timeout_s: float | None = None
     max_relays: int = 256
     max_confirms: int = 64
+    # A witness reports a suspected server unreachable only after this many confirm probes in
+    # a row found nobody to vouch for it (each direct plus indirect). On a lossy network one
+    # probe fails often enough that a majority of single probes can be unlucky together.
+    confirm_attempts: int = 3
 
     def __post_init__(self) -> None:
         if not 0 < self.probe_timeout_s < self.probe_interval_s:
@@ -64,6 +69,8 @@ class DetectorConfig:
             raise ValueError("max_relays must be at least 1")
         if self.max_confirms < 1:
             raise ValueError("max_confirms must be at least 1")
+        if self.confirm_attempts < 1:
+            raise ValueError("confirm_attempts must be at least 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,8 +255,19 @@ class Detector:
                 return self._ask_helpers(probe, now)
             return []
         if now + _SLACK_S >= probe.end_deadline:
+            if probe.kind == "confirm" and probe.attempt < self._config.confirm_attempts:
+                return self._confirm_again(probe, now)
             self._conclude_unreachable(probe, now)
         return []
+
+    def _confirm_again(self, probe: Probe, now: float) -> list[Outgoing]:
+        """A confirm probe found nobody to vouch for the target: try again before reporting,
+        about the same life of the target as the first attempt."""
+        self._close(probe)
+        self._stats["confirm_retries"] += 1
+        again = self._open(probe.target, "confirm", now)
+        again.attempt, again.incarnation = probe.attempt + 1, probe.incarnation
+        return [self._ping(again)]
 
     def _ask_helpers(self, probe: Probe, now: float) -> list[Outgoing]:
         """The direct probe timed out: ask up to k others to try, and give them the rest of the

@@ -42,6 +42,8 @@ class Probe:
     indirect_sent: bool = False
     helpers: dict[str, HelperResult] = field(default_factory=dict)
     rtt_ms: float | None = None
+    # Which confirm probe in a row this is (1 for every other probe).
+    attempt: int = 1
 
     @property
     def acked(self) -> bool:
@@ -72,4 +74,6 @@ class Probe:
             "awareness": awareness,
             "kind": self.kind,
         }
+        if self.kind == "confirm":
+            evidence["attempt"] = self.attempt
         return ProbeReport(self.target, incarnation, reachable, now, evidence)

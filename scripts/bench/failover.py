@@ -11,6 +11,11 @@ not killed are counted as false verdicts; the overlap checker runs over every in
 records at the end. Idle CPU and RSS per agent are sampled before the first trial.
 
     python scripts/bench/failover.py --trials 20 --json bench-results/failover.json
+    python scripts/bench/failover.py --driver docker --trials 10 \
+        --json bench-results/failover-docker.json
+
+With `--driver docker` the app instances are containers: the benchmark starts its own dockerd
+(Debian's docker.io; no registry) and builds the app image first, as the tests do.
 """
 
 from __future__ import annotations
@@ -37,8 +42,10 @@ sys.path.insert(0, str(REPO))
 
 from agent.clock import SystemClock  # noqa: E402
 from agent.config import load_config  # noqa: E402
+from agent.docker_image import Layout, build_image  # noqa: E402
 from agent.launcher import LocalCluster  # noqa: E402
 from tests.support import cluster_config, write_config  # noqa: E402
+from tests.support_docker import start_dockerd  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -151,6 +158,22 @@ async def restore(cluster: LocalCluster, victim: str) -> None:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.driver == "process":
+        return await run_with(args, None)
+    import docker
+
+    with start_dockerd() as daemon:
+        if isinstance(daemon, str):
+            raise SystemExit(f"no dockerd: {daemon}")
+        client = docker.DockerClient(base_url=daemon.url, timeout=300)
+        image = build_image(client, Layout.of_this_interpreter(REPO / "app"))
+        client.close()
+        return await run_with(
+            args, {"driver": "docker", "docker": {"url": daemon.url, "image": image}}
+        )
+
+
+async def run_with(args: argparse.Namespace, app: dict[str, Any] | None) -> dict[str, Any]:
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="moonwatch-bench-") as tmp:
         root = Path(tmp)
@@ -163,6 +186,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             voters=3,
             cascade={"min_verdicts": 1000, "normal_budget": 1000},
         )
+        if app is not None:
+            config["app"] = app
         path = write_config(root / "cluster.yml", config)
         cluster = LocalCluster(path, load_config(path), SystemClock())
         results: list[dict[str, Any]] = []
@@ -202,6 +227,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     killed = [r["killed"] for r in results]
     return {
         "benchmark": "failover",
+        "driver": args.driver,
         "trials": len(results),
         "verdict": summary(verdicts, len(results)),
         "serving_again": summary(serving, len(results)),
@@ -231,6 +257,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle sampling")
     parser.add_argument("--json", type=Path, default=Path("bench-results/failover.json"))
+    parser.add_argument("--driver", choices=("process", "docker"), default="process")
     args = parser.parse_args()
     report = asyncio.run(run(args))
     print()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -38,7 +39,9 @@ class SwimSim:
     """`n` agents named s00.. probing each other; time advances in `step_s` steps.
 
     Each step delivers the datagrams due, then ticks every live agent in name order. Per-link loss
-    is drawn once from `loss` (a (low, high) range) and per-datagram delay from `delay_s`.
+    is drawn once from `loss` (a (low, high) range) and per-datagram delay from `delay_s`;
+    `uniform_loss` instead gives every link the same loss without a per-link table (for
+    thousands of agents). `sent` counts datagrams sent by message type.
     """
 
     def __init__(
@@ -50,13 +53,17 @@ class SwimSim:
         delay_s: tuple[float, float] = (0.001, 0.005),
         config: DetectorConfig | None = None,
         step_s: float = 0.01,
+        uniform_loss: float | None = None,
     ) -> None:
         self.rng = random.Random(seed)
         self.config = config or DetectorConfig()
         self.step_s = step_s
         self.steps = 0
-        self.names = [f"s{i:02d}" for i in range(n)]
-        self.network = MemoryNetwork(random.Random(self.rng.random()), delay_s=delay_s)
+        width = max(2, len(str(n - 1)))
+        self.names = [f"s{i:0{width}d}" for i in range(n)]
+        self.network = MemoryNetwork(
+            random.Random(self.rng.random()), loss=uniform_loss or 0.0, delay_s=delay_s
+        )
         key = derive_probe_key(f"sim-{seed}")
         members = frozenset(self.names)
         self.nodes: dict[str, SimNode] = {}
@@ -71,11 +78,13 @@ class SwimSim:
             node.detector.set_members(self.names)
             node.transport.on_receive(self._receiver(node))
             self.nodes[name] = node
-        for src in self.names:
-            for dst in self.names:
-                if src != dst:
-                    self.network.set_loss(src, dst, self.rng.uniform(*loss))
+        if uniform_loss is None:
+            for src in self.names:
+                for dst in self.names:
+                    if src != dst:
+                        self.network.set_loss(src, dst, self.rng.uniform(*loss))
         self.seen: list[Seen] = []
+        self.sent: Counter[str] = Counter()
 
     @property
     def now(self) -> float:
@@ -132,6 +141,7 @@ class SwimSim:
 
     def _send(self, node: SimNode, outgoing: list[Outgoing]) -> None:
         for item in outgoing:
+            self.sent[type(item.message).__name__] += 1
             data = node.codec.encode(item.message, self.wall(), node.rng.randbytes(12))
             node.transport.send(item.to, data)
 

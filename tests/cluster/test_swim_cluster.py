@@ -53,11 +53,15 @@ def test_a_killed_server_is_reported_by_several_observers_and_confirmed_by_all()
     started = sim.now
     for name in live:
         sim.confirm(name, victim)
-    sim.run_until(started + 2 * CONFIG.probe_interval_s)
+    # A witness reports unreachable only after `confirm_attempts` probes in a row failed.
+    attempts = CONFIG.confirm_attempts
+    sim.run_until(started + (attempts + 1) * CONFIG.probe_interval_s)
     confirms = [s for s in sim.seen if s.report.evidence["kind"] == "confirm"]
     assert sorted(s.observer for s in confirms) == live
     assert all(not s.report.reachable and s.report.target == victim for s in confirms)
-    assert all(s.report.at <= started + CONFIG.probe_interval_s + 0.011 for s in confirms)
+    assert all(s.report.evidence["attempt"] == attempts for s in confirms)
+    deadline = started + attempts * (CONFIG.probe_interval_s + 0.011)
+    assert all(s.report.at <= deadline for s in confirms)
 
     # A confirm of a live server says so.
     mark = len(sim.seen)

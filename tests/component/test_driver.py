@@ -101,7 +101,8 @@ async def test_a_crashing_instance_is_restarted_with_backoff_then_given_up(tmp_p
 async def frozen_instance(tmp_path: Path, busy: str | None) -> tuple[ProcessDriver, int, int]:
     """Start an instance, freeze it so that it misses every health check, probe for a while;
     return the driver, the frozen pid and the pid running afterwards (or 0)."""
-    policy = RestartPolicy(health_interval_s=0.05, hung_after_failures=3, start_grace_s=1.5)
+    # A grace long enough for a start on a loaded machine (the app imports in 1-3 s there).
+    policy = RestartPolicy(health_interval_s=0.05, hung_after_failures=3, start_grace_s=5.0)
     driver = ProcessDriver(SystemClock(), policy, busy=lambda _slot: busy)
     wanted = spec(tmp_path)
     await driver.ensure_running(wanted)
@@ -119,10 +120,13 @@ async def frozen_instance(tmp_path: Path, busy: str | None) -> tuple[ProcessDriv
     assert frozen is not None
     os.kill(frozen, signal.SIGSTOP)
     try:
-        deadline = time.monotonic() + 4.0
+        # Until the driver has judged it (restarted it, or held it as overloaded).
+        deadline = time.monotonic() + 20.0
         while time.monotonic() < deadline:
             await driver.probe()
             await driver.ensure_running(wanted)
+            if driver.overload_holds or driver.instances()["s1"].pid not in (frozen, None):
+                break
             await asyncio.sleep(0.05)
     finally:
         with contextlib.suppress(ProcessLookupError):

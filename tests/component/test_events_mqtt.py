@@ -182,11 +182,13 @@ async def test_committed_decisions_arrive_once_with_their_ids(tmp_path: Path) ->
             "connected": True,
             "buffered": 0,
             "dropped": 0,
+            "rejected_cursors": 0,
             "last_error": None,
         }
         assert "moonwatch_mqtt_connected 1.0" in metrics
         assert "moonwatch_mqtt_events_buffered 0.0" in metrics
         assert "moonwatch_mqtt_events_dropped_total 0.0" in metrics
+        assert "moonwatch_mqtt_rejected_cursors_total 0.0" in metrics
 
 
 BOOT = Bootstrap(
@@ -393,6 +395,7 @@ async def test_a_broker_outage_buffers_events_and_sends_them_when_it_is_back(
             "connected": False,
             "buffered": 4,
             "dropped": 2,
+            "rejected_cursors": 0,
             "last_error": publisher.last_error,
         }
         assert publisher.last_error

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import parse_config
-from agent.driver import InstanceSpec, _app_arguments
+from agent.driver import InstanceSpec, app_arguments
 from agent.loop import app_trusted_proxies
 from app.__main__ import parse_settings
 from tests.unit.test_config import ENV, with_changes
@@ -43,19 +43,19 @@ def test_a_server_named_by_a_hostname_is_left_out(tmp_path: Path) -> None:
 
 
 def test_the_argv_carries_each_trusted_proxy_and_the_app_reads_them_back() -> None:
-    argv = _app_arguments(spec(("10.0.0.2/32", "fd00::/64")))
+    argv = app_arguments(spec(("10.0.0.2/32", "fd00::/64")))
     at = [i for i, arg in enumerate(argv) if arg == "--trusted-proxy"]
     assert [argv[i + 1] for i in at] == ["10.0.0.2/32", "fd00::/64"]
     assert parse_settings(argv).trusted_proxies == ("10.0.0.2/32", "fd00::/64")
 
 
 def test_no_proxies_no_arguments() -> None:
-    assert "--trusted-proxy" not in _app_arguments(spec(()))
-    assert parse_settings(_app_arguments(spec(()))).trusted_proxies == ()
+    assert "--trusted-proxy" not in app_arguments(spec(()))
+    assert parse_settings(app_arguments(spec(()))).trusted_proxies == ()
 
 
 @pytest.mark.parametrize("bad", ["edge.example", "10.0.0.300/32", "10.0.0.0/33", ""])
 def test_the_app_refuses_a_proxy_that_is_no_address_range(bad: str) -> None:
-    argv = _app_arguments(spec(()))
+    argv = app_arguments(spec(()))
     with pytest.raises(SystemExit):
         parse_settings([*argv, "--trusted-proxy", bad])

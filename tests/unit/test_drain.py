@@ -26,7 +26,7 @@ def test_drain_takes_a_server_out_of_service_with_a_decision() -> None:
     assert drained.server("m1") == ServerRecord("m1", "active", "a", "draining", 1, since=10.0)
     last = drained.decisions[-1]
     assert (last.kind, last.subject) == ("server_draining", "m1")
-    assert last.evidence == {"reason": "kernel upgrade", "slots": ["s1"]}
+    assert last.evidence == {"reason": "kernel upgrade", "slots": ["s1"], "operator": True}
 
 
 @pytest.mark.parametrize(
@@ -61,6 +61,6 @@ def test_the_local_plan_stops_then_releases_every_slot() -> None:
     plan = plan_local(drained, raft, view, BOOT, ADDRESSES, 12.0)
     assert [s.slot for s in plan.stops] == ["s1"]
     assert [(c.kind, c.reason) for c in plan.commands] == [  # type: ignore[union-attr]
-        ("release_slot", "drained by an operator")
+        ("release_slot", "its server is draining")
     ]
     assert plan.summary.startswith("draining: stopping and releasing s1")

@@ -235,11 +235,12 @@ def test_confirm_reports_reachable_as_soon_as_the_target_acks() -> None:
         "rtt_ms": pytest.approx(20.0),
         "awareness": 0,
         "kind": "confirm",
+        "attempt": 1,
     }
 
 
 def test_confirm_reports_unreachable_after_indirect_probes_fail() -> None:
-    d = detector()
+    d = detector(confirm_attempts=1)
     only_ping(d.confirm("c", 1.0))
     assert "c" not in ping_reqs([o for o in d.tick(1.1) if isinstance(o.message, PingReq)])
     d.tick(1.2)
@@ -247,6 +248,35 @@ def test_confirm_reports_unreachable_after_indirect_probes_fail() -> None:
     assert (report.target, report.reachable, report.at) == ("c", False, 1.2)
     assert report.evidence["direct"] == "timeout"
     assert len(report.evidence["indirect"]) == 3  # type: ignore[arg-type]
+
+
+def confirm_reports(d: Detector) -> list[ProbeReport]:
+    return [r for r in d.take_reports() if r.evidence["kind"] == "confirm"]
+
+
+def test_a_witness_tries_three_times_before_it_reports_unreachable() -> None:
+    d = detector()
+    only_ping(d.confirm("c", 1.0))
+    now, reports = 1.0, list[ProbeReport]()
+    while not reports and now < 5.0:
+        now = round(now + 0.05, 2)
+        d.tick(now)
+        reports = confirm_reports(d)
+    [report] = reports
+    assert not report.reachable and report.evidence["attempt"] == 3
+    assert d.stats["confirm_retries"] == 2
+    assert now >= 1.6  # three whole probe periods, stretched by the awareness of failures
+
+
+def test_an_ack_to_a_later_attempt_reports_reachable() -> None:
+    d = detector()
+    only_ping(d.confirm("c", 1.0))
+    d.tick(1.1)
+    [again] = [o.message for o in d.tick(1.2) if isinstance(o.message, Ping)]
+    assert isinstance(again, Ping)
+    d.receive(ack_for(again, incarnation=0), 1.25)
+    [report] = confirm_reports(d)
+    assert report.reachable and report.evidence["attempt"] == 2
 
 
 def test_confirm_of_myself_is_an_error() -> None:
