@@ -17,14 +17,12 @@ import aiohttp
 import pytest
 
 from agent.cli import main as moonwatch
-from agent.clock import SystemClock
-from agent.config import load_config
-from agent.launcher import LocalCluster
 from tests.chaos.test_replacement_processes import (
     Harness,
     app_children,
     five_servers,
     harness,
+    running,
     served_by_other,
 )
 from tests.support import wait_until, write_config
@@ -93,15 +91,10 @@ async def pg_harness(
         # The test server trusts loopback, so any password works: this one must never leak.
         slot["database_url"] = dsn.replace("postgres@", "postgres:test-pg-password@", 1)
     path = write_config(tmp_path / "cluster.yml", config)
-    cluster = LocalCluster(path, load_config(path), SystemClock())
     try:
-        await cluster.start()
-        assert not await cluster.wait_ready(30), f"not ready; logs in {cluster.log_dir}"
-        assert await cluster.wait_serving(30), f"not serving; logs in {cluster.log_dir}"
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0)) as http:
-            yield Harness(cluster, http), path
+        async with running(path, check_overlap=False) as h:
+            yield h, path
     finally:
-        await cluster.stop(timeout_s=10.0)
         for dsn in dsns:
             pg_server.drop_database(dsn.rpartition("/")[2])
 

@@ -10,14 +10,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
-from agent.clock import SystemClock
-from agent.config import load_config
 from agent.driver_docker import LABEL_CLUSTER, LABEL_SERVER
-from agent.launcher import LocalCluster
-from tests.chaos.test_replacement_processes import Harness, served_by_other
+from tests.chaos.test_replacement_processes import Harness, running, served_by_other
 from tests.support import cluster_config, wait_until, write_config
 from tests.support_docker import Dockerd
 
@@ -30,19 +26,11 @@ async def docker_harness(tmp_path: Path, dockerd: Dockerd, image: str) -> AsyncI
         tmp_path / "data", actives=3, spares=1, voters=3, cascade={"min_verdicts": 10}
     )
     config["app"] = {"driver": "docker", "docker": {"url": dockerd.url, "image": image}}
-    path = write_config(tmp_path / "cluster.yml", config)
-    cluster = LocalCluster(path, load_config(path), SystemClock())
     try:
-        await cluster.start()
-        assert not await cluster.wait_ready(60), f"not ready; logs in {cluster.log_dir}"
-        assert await cluster.wait_serving(90), f"not serving; logs in {cluster.log_dir}"
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0)) as http:
-            yield Harness(cluster, http)
+        async with running(write_config(tmp_path / "cluster.yml", config), 90, 15) as h:
+            yield h
     finally:
-        await cluster.stop(timeout_s=15.0)
         remove_containers(dockerd, "test")  # the killed agent could not remove its own
-    checked = Harness(cluster, None).check_overlap()  # type: ignore[arg-type]
-    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 def remove_containers(daemon: Dockerd, cluster: str) -> None:
