@@ -85,6 +85,11 @@ class VoterKeeper:
 
     async def step(self, snap: Snapshot) -> None:
         """One pass: remember the voters, follow a committed change, lead one, or rejoin."""
+        if not caught_up(snap):
+            # A restarted node replays its journal through states long past (an old voter
+            # change naming this node, old voters): acting on them, or storing them as the
+            # voters to start with, would rejoin Raft with a membership that no longer holds.
+            return
         self._remember(snap)
         if await self._follow(snap):
             return
@@ -175,6 +180,12 @@ class VoterKeeper:
             reason=plan.reason,
         )
         return await self._consensus.submit(command, _STEP_TIMEOUT_S)
+
+
+def caught_up(snap: Snapshot) -> bool:
+    """Whether this node has applied every entry it knows to be committed (its journal's
+    included), so that its state is the latest it can know rather than a replayed past one."""
+    return snap.raft.last_applied >= snap.raft.commit_index
 
 
 async def fetch_peer_voters(url: str) -> tuple[str, ...] | None:

@@ -343,6 +343,26 @@ async def test_the_leaders_prepare_makes_the_newcomer_rejoin(cluster: Cluster) -
     assert cluster.nodes["m4"].rejoins == [("m1", "m2", "m3", "m4")]
 
 
+async def test_a_restarted_node_replaying_its_journal_acts_on_no_past_change(
+    cluster: Cluster,
+) -> None:
+    """Replaying, m4 passes through the change that once made it a voter, and through the old
+    voters: it neither rejoins for that change nor stores those voters to start with."""
+    await fail_m3(cluster)
+    await cluster.commit(prepare())
+    stored = cluster.voters_file("m4")
+    write_voters(stored, ("m1", "m2", "m4"))
+    replaying = with_raft(cluster.nodes["m4"].snapshot(), commit_index=40, last_applied=12)
+
+    await cluster.keeper("m4").step(replaying)
+
+    assert cluster.nodes["m4"].rejoins == []
+    assert read_voters(stored) == ("m1", "m2", "m4")
+    caught_up = with_raft(replaying, last_applied=40)
+    await cluster.keeper("m4").step(caught_up)
+    assert cluster.nodes["m4"].rejoins == [("m1", "m2", "m3", "m4")]  # now it is current
+
+
 async def test_another_non_voter_does_not_rejoin_for_the_change(cluster: Cluster) -> None:
     await fail_m3(cluster)
     await cluster.commit(prepare())
