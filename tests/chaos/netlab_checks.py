@@ -239,13 +239,14 @@ class Writer:
                 self.errors[status] = self.errors.get(status, 0) + 1
             await asyncio.sleep(interval_s)
 
-    async def read_all(self, via: str) -> dict[str, str] | None:
+    async def read_all(self, via: str) -> dict[str, str] | str:
+        """Every message of the thread, read through `via`; or why not (status and body)."""
         found: dict[str, str] = {}
         path = f"/threads/{self.thread}/messages?after=0&limit=100"
         while True:
             status, page = await self.call("GET", path, via)
             if status != 200 or not isinstance(page, dict):
-                return None
+                return f"{via}: {status} {str(page)[:120]!r}"
             found.update({str(m["id"]): m["body"] for m in page["items"]})
             if not page["next"]:
                 return found
@@ -255,10 +256,17 @@ class Writer:
         """Acknowledged messages that are not readable (read through any of `vias`)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
+        why: list[str] = []
         while loop.time() < deadline:
+            why = []
             for via in vias:
                 found = await self.read_all(via)
-                if found is not None:
-                    return sorted(f"{i}: {b}" for i, b in self.acked.items() if found.get(i) != b)
+                if isinstance(found, str):
+                    why.append(found)
+                    continue
+                return sorted(f"{i}: {b}" for i, b in self.acked.items() if found.get(i) != b)
             await asyncio.sleep(0.5)
-        return [f"{len(self.acked)} acknowledged messages of {self.tenant}: thread unreadable"]
+        return [
+            f"{len(self.acked)} acknowledged messages of {self.tenant}: thread unreadable "
+            f"(last answers: {'; '.join(why)})"
+        ]
