@@ -35,6 +35,7 @@ import structlog
 from agent.clock import Clock
 from agent.config import ClusterConfig
 from agent.docker_attach import ATTACH_TIMEOUT_S, LineCopier, attach
+from agent.docker_client import open_docker
 from agent.driver import DATABASE_URL_ENV, SupervisingDriver, app_arguments
 from agent.instances import InstanceHandle, InstanceSpec, RestartPolicy
 
@@ -296,9 +297,7 @@ class ContainerHandle:
 
 
 def _connect(url: str) -> Any:
-    import docker  # imported here: only servers that run containers need it loaded
-
-    return docker.DockerClient(base_url=url, timeout=30)
+    return open_docker(url, 30)
 
 
 def _sweep(client: Any, settings: DockerSettings) -> list[str]:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TextIO
 
 from agent.config import ClusterConfig
+from agent.docker_client import DockerUnreachable, open_docker
 from agent.docker_image import ImageBuildError, Layout, build_image
 
 EXIT_FAILED = 1
@@ -42,8 +43,8 @@ def image_build(
     wanted = config.app.docker.image
     name, label = split_reference(wanted)
     try:
-        client = docker.DockerClient(base_url=url, timeout=600)
-    except docker.errors.DockerException as exc:
+        client = open_docker(url, 600)
+    except (docker.errors.DockerException, DockerUnreachable) as exc:
         print(f"moonwatch image build: cannot reach docker at {url}: {exc}", file=err)
         return EXIT_FAILED
     try:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from agent.docker_client import open_docker
 from agent.docker_image import Layout, build_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,14 +82,12 @@ def start_dockerd() -> Iterator[Dockerd | str]:
 
 
 def _wait_ready(daemon: Dockerd) -> str | None:
-    import docker
-
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if daemon.process.poll() is not None:
             return f"dockerd exited with {daemon.process.returncode}:\n{daemon.log_tail()}"
         with contextlib.suppress(Exception):
-            client = docker.DockerClient(base_url=daemon.url, timeout=5)
+            client = open_docker(daemon.url, 5)
             try:
                 if client.ping():
                     return None
@@ -100,14 +99,14 @@ def _wait_ready(daemon: Dockerd) -> str | None:
 
 def _stop(daemon: Dockerd) -> None:
     """Stop the containers and the daemon we started, then remove what it left on disk."""
-    import docker
-
     if daemon.process.poll() is None:
         with contextlib.suppress(Exception):
-            client = docker.DockerClient(base_url=daemon.url, timeout=10)
-            for container in client.containers.list(all=True):
-                container.remove(force=True)
-            client.close()
+            client = open_docker(daemon.url, 10)
+            try:
+                for container in client.containers.list(all=True):
+                    container.remove(force=True)
+            finally:
+                client.close()
         daemon.process.send_signal(signal.SIGTERM)
         try:
             daemon.process.wait(STOP_TIMEOUT_S)
@@ -140,9 +139,7 @@ def dockerd() -> Iterator[Dockerd]:
 @pytest.fixture(scope="session")
 def image(dockerd: Dockerd) -> str:
     """The app image, built from this repository by the same code as `moonwatch image build`."""
-    import docker
-
-    client = docker.DockerClient(base_url=dockerd.url, timeout=300)
+    client = open_docker(dockerd.url, 300)
     try:
         return build_image(client, Layout.of_this_interpreter(REPO / "app"))
     finally:
@@ -151,8 +148,6 @@ def image(dockerd: Dockerd) -> str:
 
 @pytest.fixture
 def docker_client(dockerd: Dockerd) -> Iterator[Any]:
-    import docker
-
-    client = docker.DockerClient(base_url=dockerd.url, timeout=30)
+    client = open_docker(dockerd.url, 30)
     yield client
     client.close()

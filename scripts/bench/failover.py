@@ -160,12 +160,12 @@ async def restore(cluster: LocalCluster, victim: str) -> None:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.driver == "process":
         return await run_with(args, None)
-    import docker
+    from agent.docker_client import open_docker
 
     with start_dockerd() as daemon:
         if isinstance(daemon, str):
             raise SystemExit(f"no dockerd: {daemon}")
-        client = docker.DockerClient(base_url=daemon.url, timeout=300)
+        client = open_docker(daemon.url, 300)
         image = build_image(client, Layout.of_this_interpreter(REPO / "app"))
         client.close()
         return await run_with(

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from agent.docker_client import open_docker
 from agent.driver_docker import LABEL_CLUSTER, LABEL_SERVER
 from tests.chaos.test_replacement_processes import Harness, running, served_by_other
 from tests.support import cluster_config, wait_until, write_config
@@ -34,9 +35,7 @@ async def docker_harness(tmp_path: Path, dockerd: Dockerd, image: str) -> AsyncI
 
 
 def remove_containers(daemon: Dockerd, cluster: str) -> None:
-    import docker
-
-    client = docker.DockerClient(base_url=daemon.url, timeout=30)
+    client = open_docker(daemon.url, 30)
     try:
         for container in client.containers.list(
             all=True, filters={"label": f"{LABEL_CLUSTER}={cluster}"}

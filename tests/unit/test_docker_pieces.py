@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import gc
 import importlib.metadata as metadata
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from agent.config_policy import AppConfig
+from agent.docker_client import DockerUnreachable, open_docker, unix_socket_path
 from agent.docker_image import APP_DISTRIBUTIONS, Layout, distribution_closure, dockerfile
 from agent.driver import DATABASE_URL_ENV
 from agent.driver_docker import DockerRuntime, DockerSettings, container_name
@@ -147,3 +149,26 @@ def test_the_health_check_command_fails_on_nothing_listening(
 ) -> None:
     assert main(["http://127.0.0.1:9/healthz", "--timeout", "0.5"]) == 1
     assert "127.0.0.1:9" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("unix:///run/docker.sock", "/run/docker.sock"),
+        ("http+unix:///x/d.sock", "/x/d.sock"),
+        ("unix://run/d.sock", "/run/d.sock"),
+        ("tcp://127.0.0.1:2375", None),
+    ],
+)
+def test_unix_docker_urls_name_their_socket(url: str, path: str | None) -> None:
+    assert unix_socket_path(url) == path
+
+
+def test_an_absent_dockerd_is_a_clear_error_and_leaves_no_socket_open(tmp_path: Path) -> None:
+    """The SDK alone would leave its failed socket for the collector (a ResourceWarning,
+    an error under this suite's warning filter)."""
+    url = f"unix://{tmp_path / 'docker.sock'}"
+    for _ in range(3):
+        with pytest.raises(DockerUnreachable, match=r"docker\.sock"):
+            open_docker(url, 1)
+    gc.collect()
