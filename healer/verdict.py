@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from consensus.commands import Command, DropSuspicion, MarkServerFailed
-from consensus.state import ClusterState, Suspicion
+from consensus.state import ClusterState, ProbeReport, Suspicion
 from healer.suspicion import suspicion_timeout
 from healer.witnesses import WITNESSES, witnesses
 
@@ -44,20 +44,34 @@ class Tally:
 
 def tally(state: ClusterState, suspicion: Suspicion, policy: VerdictPolicy) -> Tally:
     """The witnesses of a suspicion probe its target once it is committed, so they and every
-    other up server that reported on it are the ones that probed it in the window: the eligible
-    observers. A verdict needs a majority of them and never fewer than `min_observers`."""
+    other up server that confirmed on it are the ones that probed it in the window: the
+    eligible observers. A verdict needs a majority of them and never fewer than `min_observers`.
+
+    Only confirm probes vote "unreachable": a witness sends one only after several attempts in
+    a row found nobody to vouch for the target. A single failed routine probe (which opens a
+    suspicion, and which a lossy link produces every few periods) is an accusation, not a vote.
+    """
     chosen = set(witnesses(state, suspicion, policy.witnesses))
-    reporters = {r.observer for r in suspicion.reports}
+    confirmers = {r.observer for r in suspicion.reports if is_confirmation(r)}
     eligible = tuple(
         s.name
         for s in state.up_servers()
-        if s.name != suspicion.target and (s.name in chosen or s.name in reporters)
+        if s.name != suspicion.target and (s.name in chosen or s.name in confirmers)
     )
     required = max(policy.min_observers, len(eligible) // 2 + 1)
     allowed = set(eligible)
-    unreachable = tuple(o for o in suspicion.unreachable_by() if o in allowed)
+    unreachable = tuple(
+        r.observer
+        for r in suspicion.reports
+        if not r.reachable and r.observer in allowed and is_confirmation(r)
+    )
     reachable = tuple(o for o in suspicion.reachable_by() if o in allowed)
     return Tally(eligible, unreachable, reachable, required)
+
+
+def is_confirmation(report: ProbeReport) -> bool:
+    """Whether a report comes from a confirm probe (reports that do not say count as one)."""
+    return report.evidence.get("kind", "confirm") == "confirm"
 
 
 def plan_verdicts(

@@ -122,6 +122,26 @@ def test_tally(
     assert tally(state_of(servers, suspicion), suspicion, policy) == expected
 
 
+def test_only_confirm_probes_vote_unreachable() -> None:
+    """Routine probes that failed once (what a lossy link produces every few periods) open a
+    suspicion but do not agree on it; witnesses' confirm probes do."""
+    servers = cluster("m1 m2 m3 m4 m5 m6 m7 m8 m9 m10")
+    routine = {"kind": "periodic", "direct": "timeout"}
+    confirm = {"kind": "confirm", "attempt": 3}
+    reports = tuple(ProbeReport(o, False, SINCE, routine) for o in ("m1", "m2", "m3", "m4", "m5"))
+    only_routine = Suspicion("m10", 1, SINCE, reports)
+    votes = tally(state_of(servers, only_routine), only_routine, POLICY)
+    assert votes.unreachable == () and not votes.agreed
+    assert len(votes.eligible) == 7  # the witnesses; routine reporters do not widen the set
+
+    chosen = votes.eligible
+    confirmed = Suspicion(
+        "m10", 1, SINCE, reports + tuple(ProbeReport(o, False, SINCE, confirm) for o in chosen)
+    )
+    votes = tally(state_of(servers, confirmed), confirmed, POLICY)
+    assert votes.unreachable == chosen and votes.agreed
+
+
 @pytest.mark.parametrize(
     ("votes", "agreed", "refuted"),
     [
