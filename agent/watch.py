@@ -80,6 +80,11 @@ class Watch:
         return self.runner.stats()
 
     async def _report(self, report: ProbeReport) -> None:
+        routine = report.evidence.get("kind") == "periodic"
+        if routine and self._consensus.snapshot().state.suspicion(report.target) is not None:
+            # Already suspected: the witnesses' confirm probes decide it, and a routine report
+            # would only add a log entry.
+            return
         command = ReportProbe(
             id=f"probe:{self._server}:{report.target}:{report.incarnation}:{next(self._sequence)}"
             f":{self._clock.wall():.3f}",
@@ -91,5 +96,11 @@ class Watch:
             evidence=dict(report.evidence),
         )
         result = await self._consensus.submit(command, timeout_s=1.0)
-        if not result.ok and not result.stale:
-            _log.info("probe_report_not_applied", target=report.target, why=result.reason)
+        if not result.ok:
+            (_log.debug if result.stale else _log.info)(
+                "probe_report_not_applied",
+                target=report.target,
+                kind=report.evidence.get("kind"),
+                reachable=report.reachable,
+                why=result.reason,
+            )

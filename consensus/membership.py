@@ -81,6 +81,12 @@ def report_probe(state: ClusterState, cmd: ReportProbe) -> ClusterState:
         state = _with_suspicion(state, suspicion)
         evidence = {**cmd.evidence, "observer": cmd.observer, "incarnation": target.incarnation}
         return decide(state, "server_suspected", cmd.at, cmd.target, evidence)
+    previous = next((r for r in current.reports if r.observer == cmd.observer), None)
+    if previous is not None and previous.from_confirm() and not report.from_confirm():
+        # The observer's vote stands: a routine probe sent since says less than its confirm.
+        raise CommandRejected(
+            f"report_probe: {cmd.observer} already confirmed on {cmd.target}", stale=True
+        )
     others = tuple(r for r in current.reports if r.observer != cmd.observer)
     return _with_suspicion(state, dataclasses.replace(current, reports=(*others, report)))
 

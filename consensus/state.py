@@ -89,6 +89,11 @@ class ProbeReport:
     at: float
     evidence: dict[str, Any] = field(default_factory=dict)
 
+    def from_confirm(self) -> bool:
+        """Whether a witness's confirm probe made this report (several attempts in a row), not
+        a routine probe; a report that does not say counts as a confirm."""
+        return bool(self.evidence.get("kind", "confirm") == "confirm")
+
 
 @dataclass(frozen=True, slots=True)
 class Suspicion:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from consensus.commands import Command, DropSuspicion, MarkServerFailed
-from consensus.state import ClusterState, ProbeReport, Suspicion
+from consensus.state import ClusterState, Suspicion
 from healer.suspicion import suspicion_timeout
 from healer.witnesses import WITNESSES, witnesses
 
@@ -52,7 +52,7 @@ def tally(state: ClusterState, suspicion: Suspicion, policy: VerdictPolicy) -> T
     suspicion, and which a lossy link produces every few periods) is an accusation, not a vote.
     """
     chosen = set(witnesses(state, suspicion, policy.witnesses))
-    confirmers = {r.observer for r in suspicion.reports if is_confirmation(r)}
+    confirmers = {r.observer for r in suspicion.reports if r.from_confirm()}
     eligible = tuple(
         s.name
         for s in state.up_servers()
@@ -63,15 +63,10 @@ def tally(state: ClusterState, suspicion: Suspicion, policy: VerdictPolicy) -> T
     unreachable = tuple(
         r.observer
         for r in suspicion.reports
-        if not r.reachable and r.observer in allowed and is_confirmation(r)
+        if not r.reachable and r.observer in allowed and r.from_confirm()
     )
     reachable = tuple(o for o in suspicion.reachable_by() if o in allowed)
     return Tally(eligible, unreachable, reachable, required)
-
-
-def is_confirmation(report: ProbeReport) -> bool:
-    """Whether a report comes from a confirm probe (reports that do not say count as one)."""
-    return report.evidence.get("kind", "confirm") == "confirm"
 
 
 def plan_verdicts(

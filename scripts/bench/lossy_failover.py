@@ -65,6 +65,9 @@ HEALTHY_S = 120.0
 AGREE_S = 20.0
 # One failure every half minute is no cascade: keep cascade mode and the replacement budget out
 # of the way, as scripts/bench/failover.py does (tests/chaos covers cascade mode).
+# Linux: a TCP connection with few packets in flight (Raft's) retransmits at a fixed RTO for
+# its first six retransmissions instead of doubling it each time.
+THIN_SYSCTL = "net.ipv4.tcp_thin_linear_timeouts"
 NO_CASCADE = {"min_verdicts": 1000, "normal_budget": 1000}
 
 
@@ -85,6 +88,7 @@ class Trial:
     restarted_at: float | None = None
     restore_s: float | None = None  # heal -> victim back as a spare and the cluster healthy
     laggards: list[str] = field(default_factory=list)  # agents not agreeing AGREE_S after that
+    unrestored: str | None = None  # why the cluster was not healthy again (the level stops)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -145,15 +149,18 @@ async def agree(lab: LabCluster) -> bool:
     return await healthy(lab) and not laggards(await views(lab))
 
 
-async def pick_victim(lab: LabCluster, rng: random.Random) -> tuple[str, dict[str, Any], str]:
+async def pick_victim(
+    lab: LabCluster, rng: random.Random, wanted: str | None = None
+) -> tuple[str, dict[str, Any], str]:
     """A serving slot's owner that is not the Raft leader (as the agreeing agents see it):
-    (victim, its slot, leader)."""
+    (victim, its slot, leader). `wanted` is taken when it qualifies."""
     docs = await views(lab)
     lagging = laggards(docs)
     doc = next(d for n, d in docs.items() if d is not None and n not in lagging)
     leader = str(doc["leader"])
     owned = {s["owner"]: s for s in doc["slots"] if s["state"] == "serving" and s["owner"]}
-    victim = rng.choice(sorted(n for n in owned if n != leader))
+    candidates = sorted(n for n in owned if n != leader)
+    victim = wanted if wanted in candidates else rng.choice(candidates)
     return victim, owned[victim], leader
 
 
@@ -242,12 +249,19 @@ async def _state_in(lab: LabCluster, name: str, wanted: tuple[str, ...]) -> str 
 
 
 async def trial(
-    lab: LabCluster, sc: Scenario, loss: float, number: int, rng: random.Random, settle_s: float
+    lab: LabCluster,
+    sc: Scenario,
+    loss: float,
+    number: int,
+    rng: random.Random,
+    settle_s: float,
+    victims: list[str],
 ) -> Trial:
     await wait_until(lambda: healthy(lab), HEALTHY_S, interval_s=0.2)
     fault = await sc.inject(sc.faults.loss(loss))  # 0: a rule that never drops, same path
     await asyncio.sleep(settle_s)
-    victim, slot, leader = await pick_victim(lab, rng)
+    wanted = victims[number - 1] if number <= len(victims) else None
+    victim, slot, leader = await pick_victim(lab, rng, wanted)
     survivors = [n for n in lab.names if n != victim]
     before = {d["id"] for d in await lab.decisions(survivors)}
     loop = asyncio.get_running_loop()
@@ -265,8 +279,11 @@ async def trial(
     await fault.heal()
     healed = loop.time()
     t.restarted_at = time.time()
-    t.laggards = await restore(lab, victim)
-    t.restore_s = round(loop.time() - healed, 2)
+    try:
+        t.laggards = await restore(lab, victim)
+        t.restore_s = round(loop.time() - healed, 2)
+    except AssertionError as exc:  # wait_until gave up: report it, do not lose the level
+        t.unrestored = f"not healthy {HEALTHY_S:.0f} s after the heal: {exc}"
     moved = sc.watch.first_serving(t.slot, started, not_on=victim)
     t.watch_served_s = None if moved is None else round(moved.at - started, 3)
     return t
@@ -308,6 +325,7 @@ def trial_line(t: Trial) -> str:
         f"{t.leader}): verdict {s(t.verdict_s)}, served by {t.served_by} {s(t.served_s)} "
         f"(watch {s(t.watch_served_s)}), restored in {s(t.restore_s)}"
         + (f"; not agreeing {AGREE_S:.0f}s later: {t.laggards}" if t.laggards else "")
+        + (f"; {t.unrestored}" if t.unrestored else "")
     )
 
 
@@ -322,8 +340,11 @@ async def run_level(
     trials: list[Trial] = []
     async with sc:
         for number in range(1, args.trials + 1):
-            trials.append(await trial(lab, sc, loss, number, rng, args.settle))
+            trials.append(await trial(lab, sc, loss, number, rng, args.settle, args.victims))
             print(trial_line(trials[-1]), flush=True)
+            if trials[-1].unrestored:
+                print("the cluster did not recover; this level stops here", flush=True)
+                break
     seen.writers = sc.writers
     new = [d for d in await lab.verdicts() if d["id"] not in baseline]
     false = false_verdicts(new, trials)
@@ -345,6 +366,7 @@ async def run_level(
         "lost_writes": lost,
         "violations": sc.outcome.violations,
         "restores_not_agreeing": sum(1 for t in trials if t.laggards),
+        "not_restored": [t.unrestored for t in trials if t.unrestored],
         "suspicions_refuted": sum(
             1 for d in sc.outcome.decisions if d.startswith("server_refuted")
         ),
@@ -369,6 +391,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     extra = {"cascade": NO_CASCADE, "healing": {"replace_voters": args.replace_voters}}
     async with LabCluster.build(lab_dir(), extra=extra) as lab:
         print(f"lab {lab.workdir}; load average {load_before}", flush=True)
+        if args.tcp_thin:
+            for name in lab.names:  # per namespace: the host's own setting is untouched
+                lab.topo.ns_run(name, "sysctl", "-q", "-w", f"{THIN_SYSCTL}=1")
         try:
             await wait_until(lambda: healthy(lab), HEALTHY_S, interval_s=0.2)
             seen = Seen()
@@ -377,11 +402,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         except BaseException:
             print(f"lab directory kept: {lab.workdir} (logs in {lab.log_dir})", flush=True)
             raise
-    shutil.rmtree(lab.workdir, ignore_errors=True)
+    if args.keep_lab:
+        print(f"lab directory kept: {lab.workdir} (logs in {lab.log_dir})", flush=True)
+    else:
+        shutil.rmtree(lab.workdir, ignore_errors=True)
     return {
         "benchmark": "lossy_failover",
         "shape": {"actives": 3, "spares": 2, "voters": 3, "timing": "default"},
         "replace_voters": args.replace_voters,
+        "tcp_thin_linear_timeouts": args.tcp_thin,
         "settle_s": args.settle,
         "seed": args.seed,
         "levels": levels,
@@ -440,6 +469,19 @@ def main() -> int:
         "--replace-voters",
         action="store_true",
         help="let the cluster replace a killed voter by a spare (off: see the module docstring)",
+    )
+    parser.add_argument(
+        "--victims",
+        type=lambda v: [n for n in v.split(",") if n],
+        default=[],
+        help="servers to kill in this order, trial by trial (when one owns a serving slot "
+        "and is not the leader; otherwise the seeded choice)",
+    )
+    parser.add_argument("--keep-lab", action="store_true", help="keep the lab's logs and data")
+    parser.add_argument(
+        "--tcp-thin",
+        action="store_true",
+        help=f"set {THIN_SYSCTL}=1 in every server's namespace (Raft's TCP under heavy loss)",
     )
     args = parser.parse_args()
     try:

@@ -2359,3 +2359,18 @@ def test_the_size_limit_counts_bytes_not_characters() -> None:
     wide = "é" * (MAX_COMMAND_BYTES // 2 + 1)  # fewer characters than the limit, more bytes
     with pytest.raises(CommandDecodeError, match="bytes exceeds"):
         decode_command(wide)
+
+
+def test_a_routine_probe_does_not_replace_a_confirm_probes_vote() -> None:
+    """A witness keeps probing a suspected server on its routine round; those later reports
+    must not wipe the confirm probe's vote (or a dead server could wait out the suspicion)."""
+    confirmed = run(M2_SUSPECTED, probe("m3", "m2", 1, cid="c-m3", kind="confirm", attempt=3))
+    with pytest.raises(CommandRejected, match="m3 already confirmed on m2") as raised:
+        apply(confirmed, probe("m3", "m2", 1, cid="r-m3", kind="periodic"))
+    assert raised.value.stale
+    suspicion = confirmed.suspicion("m2")
+    assert suspicion is not None and suspicion.unreachable_by() == ("m1", "m3")
+    # A newer confirm (either way) is the observer's new word.
+    refuted = run(confirmed, probe("m3", "m2", 1, reachable=True, cid="c2", kind="confirm"))
+    again = refuted.suspicion("m2")
+    assert again is not None and again.reachable_by() == ("m3",)
