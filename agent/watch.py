@@ -19,6 +19,7 @@ from consensus.commands import ReportProbe
 from consensus.protocol import Consensus
 
 _log = structlog.get_logger("moonwatch.watch")
+_CONFIRM_SUBMITS = 3
 
 
 class Watch:
@@ -59,7 +60,7 @@ class Watch:
             Codec(derive_probe_key(config.secrets.raft_password.get_secret_value()), names),
             self.transport,
             clock,
-            self._report,
+            self.submit_report,
             self._members,
             tick_s=timing.probe_timeout_s / 2,
             round_trip=round_trip,
@@ -79,7 +80,8 @@ class Watch:
     def stats(self) -> Mapping[str, int]:
         return self.runner.stats()
 
-    async def _report(self, report: ProbeReport) -> None:
+    async def submit_report(self, report: ProbeReport) -> None:
+        """Submit one conclusion of the detector as a ReportProbe (see the rules below)."""
         routine = report.evidence.get("kind") == "periodic"
         if routine and self._consensus.snapshot().state.suspicion(report.target) is not None:
             # Already suspected: the witnesses' confirm probes decide it, and a routine report
@@ -95,7 +97,12 @@ class Watch:
             reachable=report.reachable,
             evidence=dict(report.evidence),
         )
-        result = await self._consensus.submit(command, timeout_s=1.0)
+        # A confirm report is a witness's vote: without it a dead server waits out the whole
+        # suspicion, so it is retried (same id, applied at most once) while Raft cannot commit.
+        for _ in range(_CONFIRM_SUBMITS if not routine else 1):
+            result = await self._consensus.submit(command, timeout_s=1.0)
+            if result.status != "failed":  # committed, or refused: the same again would be too
+                break
         if not result.ok:
             (_log.debug if result.stale else _log.info)(
                 "probe_report_not_applied",
