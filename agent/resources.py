@@ -18,6 +18,7 @@ import structlog
 
 from agent.clock import Clock
 from agent.config_resources import RESOURCES, Resource, ResourcesConfig
+from agent.disk_reserve import ReserveUnsupported, reserve_ahead
 from agent.mqtt import pause
 from agent.resource_levels import UNITS, Change, DrainRequest, Health, Sample, evaluate
 from consensus.commands import DrainServer
@@ -85,11 +86,15 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
 
 
 class PsutilSampler:
-    """The real sampler: the file system of `disk_path`, memory, open files, CPU steal, load."""
+    """The real sampler: the file system of `disk_path`, memory, open files, CPU steal, load.
 
-    def __init__(self, disk_path: Path, timeout_s: float) -> None:
+    With `journal`, each disk sample also holds the blocks the Raft journal grows into next
+    (agent.disk_reserve); when even that finds no space, the disk counts as full (100 %)."""
+
+    def __init__(self, disk_path: Path, timeout_s: float, journal: Path | None = None) -> None:
         self._disk_path = disk_path
         self._timeout_s = timeout_s
+        self._journal = journal
         self._disk = OffLoop("disk-sample")
         self._rest = OffLoop("resource-sample")
         self._process = psutil.Process()
@@ -116,6 +121,17 @@ class PsutilSampler:
             path = path.parent  # the data directory may not exist yet: its file system does
         usage = psutil.disk_usage(str(path))
         detail = f"{usage.free / _GIB:.1f} GiB free of {usage.total / _GIB:.1f} GiB at {path}"
+        if self._journal is not None:
+            try:
+                reserve_ahead(self._journal)
+            except ReserveUnsupported as exc:
+                _log.warning(
+                    "journal_reserve_unsupported", journal=str(self._journal), why=str(exc)
+                )
+                self._journal = None  # nothing to hold here; the percentage alone decides
+            except OSError as exc:
+                why = exc.strerror or str(exc)
+                return Sample(100.0, f"{detail}; no space for the Raft journal to grow: {why}")
         return Sample(usage.percent, detail)
 
     def _sample_rest(self) -> dict[Resource, Sample]:

@@ -17,9 +17,17 @@ from agent.swim.runner import SwimRunner
 from agent.swim.transport import UdpTransport
 from consensus.commands import ReportProbe
 from consensus.protocol import Consensus
+from consensus.state import ClusterState
 
 _log = structlog.get_logger("moonwatch.watch")
 _CONFIRM_SUBMITS = 3
+
+
+def adds_nothing(state: ClusterState, report: ProbeReport) -> bool:
+    """A routine probe's report on a server already suspected: the suspicion's witnesses and
+    their confirm probes decide it, and this report would only be one more log entry."""
+    routine = report.evidence.get("kind") == "periodic"
+    return routine and state.suspicion(report.target) is not None
 
 
 class Watch:
@@ -82,11 +90,9 @@ class Watch:
 
     async def submit_report(self, report: ProbeReport) -> None:
         """Submit one conclusion of the detector as a ReportProbe (see the rules below)."""
-        routine = report.evidence.get("kind") == "periodic"
-        if routine and self._consensus.snapshot().state.suspicion(report.target) is not None:
-            # Already suspected: the witnesses' confirm probes decide it, and a routine report
-            # would only add a log entry.
+        if adds_nothing(self._consensus.snapshot().state, report):
             return
+        routine = report.evidence.get("kind") == "periodic"
         command = ReportProbe(
             id=f"probe:{self._server}:{report.target}:{report.incarnation}:{next(self._sequence)}"
             f":{self._clock.wall():.3f}",

@@ -8,6 +8,7 @@ import functools
 import os
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -41,6 +42,11 @@ from consensus.protocol import Consensus
 from consensus.syncobj_consensus import RaftSettings, SyncObjConsensus
 
 
+def journal_dir(config: ClusterConfig, server: str) -> Path:
+    """Where `server` keeps its Raft journal (`raft.journal`) and dump."""
+    return config.data_dir / "servers" / server / "raft"
+
+
 def raft_settings(config: ClusterConfig, server: str, voters: tuple[str, ...] = ()) -> RaftSettings:
     """Raft settings for `server`; `voters` (the last committed membership this server saw)
     overrides the configured voters, which only describe the cluster as it was first built."""
@@ -52,7 +58,7 @@ def raft_settings(config: ClusterConfig, server: str, voters: tuple[str, ...] = 
         voters={name: config.server(name).raft_address for name in members},
         peers={s.name: s.raft_address for s in config.servers},
         password=config.secrets.raft_password.get_secret_value(),
-        journal_dir=config.data_dir / "servers" / server / "raft",
+        journal_dir=journal_dir(config, server),
         election_min_s=timing.raft_election_min_s,
         election_max_s=timing.raft_election_max_s,
         leader_fallback_s=timing.leader_fallback_s,
@@ -75,7 +81,7 @@ def build_agent(
     environment, which is taken out of it so that app instances do not inherit it."""
     me = config.server(server)
     traffic = TrafficCounter(config.throttle.max_tracked)
-    voters_file = config.data_dir / "servers" / server / "raft" / "voters.json"
+    voters_file = journal_dir(config, server) / "voters.json"
     consensus = consensus or SyncObjConsensus(
         raft_settings(config, server, read_voters(voters_file)), clock
     )
@@ -246,7 +252,10 @@ def _resource_watch(
     return ResourceWatch(
         settings=settings,
         server=server,
-        sampler=sampler or PsutilSampler(config.disk_path, settings.timeout_s),
+        sampler=sampler
+        or PsutilSampler(
+            config.disk_path, settings.timeout_s, journal_dir(config, server) / "raft.journal"
+        ),
         consensus=consensus,
         clock=clock,
         notify=notify,

@@ -257,12 +257,16 @@ class LabCluster:
         return leaders.pop() if len(leaders) == 1 else None
 
     async def decisions(self, among: list[str] | None = None) -> list[dict[str, Any]]:
-        """Every committed decision, as the first agent of `among` that answers has them."""
-        for name in among or self.alive():
-            doc = await self.get_json(name, "/v1/decisions")
-            if doc is not None:
-                return list(doc["decisions"])
-        return []
+        """Every committed decision any agent of `among` (default: all alive) has applied, in
+        commit order: one that just rejoined, or is cut off, may be behind the others, and
+        reading only it would hide decisions (a checker would miss a verdict)."""
+        names = among or self.alive()
+        docs = await asyncio.gather(*(self.get_json(n, "/v1/decisions") for n in names))
+        merged: dict[str, dict[str, Any]] = {}
+        for doc in docs:
+            for decision in (doc or {}).get("decisions", []):
+                merged.setdefault(decision["id"], decision)
+        return sorted(merged.values(), key=lambda d: d["id"])
 
     async def verdicts(self, among: list[str] | None = None) -> list[dict[str, Any]]:
         """Every committed `server_failed` decision."""

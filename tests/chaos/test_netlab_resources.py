@@ -48,16 +48,17 @@ async def _elsewhere(sc: Scenario, slot: str, old: str) -> object:
 
 
 @pytest.mark.timeout(200)
-async def test_a_full_disk_on_an_owner_drains_it_gracefully(tmp_path: Path) -> None:
+@pytest.mark.parametrize("percent", [98.0, 100.0], ids=["98-percent", "no-space-left"])
+async def test_a_full_disk_on_an_owner_drains_it_gracefully(tmp_path: Path, percent: float) -> None:
     owner = "a2"
     async with lab_cluster(tmp_path, tmpfs_mb={owner: DISK_MB}, extra=RESOURCES) as lab:
         await wait_until(lambda: agreed_leader(lab), 20)
         slot = await owned_slot(lab, owner)
         assert slot is not None
         async with Scenario(lab, "owner's disk full") as sc:
-            # Past the critical level (95 %), short of ENOSPC: with no space at all the
-            # Raft journal cannot be written either and the server fails instead of draining.
-            fault = await sc.inject(sc.faults.fill_disk(owner, percent=98.0))
+            # Past the critical level (95 %); at 100 % only the blocks the agent holds for
+            # its Raft journal are left (agent.disk_reserve), and it must still drain.
+            fault = await sc.inject(sc.faults.fill_disk(owner, percent=percent))
             await wait_until(lambda: _elsewhere(sc, slot, owner), 40, interval_s=0.1)
 
             async def draining() -> bool:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from agent.leadership import LeaderClock, plan_leader
 from agent.swim.detector import Detector, DetectorConfig
+from agent.watch import adds_nothing
 from consensus.commands import (
     Bootstrap,
     Command,
@@ -285,6 +286,8 @@ class ClusterSim:
         seen = self.swim.seen
         for item in seen[self._seen_reports :]:
             agent, report = self.agents[item.observer], item.report
+            if adds_nothing(self._snapshot(agent).state, report):
+                continue
             agent.reports += 1
             command = ReportProbe(
                 id=f"probe:{agent.name}:{report.target}:{report.incarnation}:{agent.reports}"

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from agent.leadership import LeaderClock, plan_leader
 from agent.swim.detector import DetectorConfig
+from agent.watch import adds_nothing
 from consensus.commands import Bootstrap, Command, ReportProbe, ServerSpec, encode_command
 from consensus.machine import apply_payload
 from consensus.protocol import RaftStatus, Snapshot
@@ -177,6 +178,8 @@ class ScaleSim:
         seen = self.swim.seen
         for n, item in enumerate(seen[self._seen_reports :], start=self._seen_reports):
             report = item.report
+            if adds_nothing(self.state, report):
+                continue
             command = ReportProbe(
                 id=f"probe:{item.observer}:{report.target}:{report.incarnation}:{n}",
                 at=self.now,
