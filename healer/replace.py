@@ -128,9 +128,11 @@ def _wait_for(state: ClusterState, slot: SlotRecord, policy: LeasePolicy) -> flo
 def pick_spare(
     state: ClusterState, slot: SlotRecord, taken: set[str], spare_reserve: int = 0
 ) -> ServerRecord | None:
-    """A spare that is up and owns nothing, preferably in another failure domain than the slot's
-    previous owner; ties broken by name so every leader picks the same one. None as well when
-    no more than `spare_reserve` such spares are left (not counting those in `taken`)."""
+    """A spare that is up and owns nothing: preferably one nobody suspects right now (a spare
+    cut off from the leader's side of a partition could not serve), then one in another failure
+    domain than the slot's previous owner; ties broken by name so every leader picks the same
+    one. None as well when no more than `spare_reserve` such spares are left (not counting
+    those in `taken`)."""
     previous = state.server(slot.owner) if slot.owner else None
     owners = {s.owner for s in state.slots if s.owner}
     candidates = [
@@ -141,7 +143,8 @@ def pick_spare(
     if len(candidates) <= spare_reserve:
         return None
     avoid = previous.domain if previous else None
-    return min(candidates, key=lambda s: (s.domain == avoid, s.name))
+    suspected = {s.target for s in state.suspicions}
+    return min(candidates, key=lambda s: (s.name in suspected, s.domain == avoid, s.name))
 
 
 def _assign(

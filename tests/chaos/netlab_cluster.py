@@ -23,6 +23,11 @@ BASE_DOMAIN = "lab.test"
 API_TOKEN = "netlab-api-token"
 
 
+def server_names(actives: int = 3, spares: int = 2) -> list[str]:
+    """The lab's server names: a1.. for the actives, then p1.. for the spares."""
+    return [f"a{i + 1}" for i in range(actives)] + [f"p{i + 1}" for i in range(spares)]
+
+
 def lab_config(
     topo: Topology,
     data_dir: Path,
@@ -32,7 +37,7 @@ def lab_config(
     timing: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """The cluster.yml of a lab: a1.. active, p1.. spare, one slot of two tenants per active."""
-    names = [f"a{i + 1}" for i in range(actives)] + [f"p{i + 1}" for i in range(spares)]
+    names = server_names(actives, spares)
     servers = [
         {
             "name": name,
@@ -99,8 +104,7 @@ class LabCluster:
         which their agent also watches as its disk; `extra` adds top-level config keys."""
         require_lab()
         remove_leftovers()
-        names = [f"a{i + 1}" for i in range(actives)] + [f"p{i + 1}" for i in range(spares)]
-        topo = Topology(names)
+        topo = Topology(server_names(actives, spares))
         workdir = workdir / f"mw-lab-{topo.suffix}"
         workdir.mkdir(parents=True)
         config = lab_config(topo, workdir / "data", actives, spares, voters, timing)

@@ -3,7 +3,8 @@
     python -m tests.chaos.soak [--minutes 30] [--seed N] [--json FILE]   (as root)
 
 Each round builds nothing new: one lab cluster runs for the whole soak. A round picks a fault
-(isolate, split, one-way, loss, short or long stall, CPU starvation, broker down), holds it,
+(isolate, split, one-way, loss, added delay, short or long stall, SIGKILL of an agent and its
+apps then a restart, CPU starvation, a full data disk, broker down), holds it,
 heals it, waits until every slot is served again, and then returns quarantined servers to the
 spare pool so the next round has spares. Every round's outcome (verdicts, detection and
 recovery times, overlaps, lost writes) is printed; the summary ends the run. Exit status 1
@@ -19,6 +20,7 @@ import contextlib
 import json
 import os
 import random
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -28,7 +30,8 @@ import aiohttp
 
 from tests.chaos.netlab import LabUnavailable, require_lab
 from tests.chaos.netlab_checks import Writer
-from tests.chaos.netlab_cluster import AGENT_PORT, API_TOKEN, LabCluster
+from tests.chaos.netlab_cluster import AGENT_PORT, API_TOKEN, LabCluster, server_names
+from tests.chaos.netlab_faults import Fault
 from tests.chaos.netlab_fixtures import lab_dir
 from tests.chaos.netlab_scenario import Outcome, Scenario
 
@@ -104,6 +107,38 @@ async def broker(lab: LabCluster, sc: Scenario, rng: random.Random) -> bool:
     return False
 
 
+async def kill(lab: LabCluster, sc: Scenario, rng: random.Random) -> bool:
+    victim = rng.choice(lab.names)
+
+    async def restart() -> None:
+        await lab.restart_agent(victim)
+
+    async def killed() -> Fault:
+        lab.signal(victim, signal.SIGKILL)  # the agent's process group: its app instances too
+        return Fault("kill", victim, restart)
+
+    fault = await sc.inject(killed())
+    await asyncio.sleep(rng.uniform(3, 10))
+    await fault.heal()
+    return True
+
+
+async def delay(lab: LabCluster, sc: Scenario, rng: random.Random) -> bool:
+    fault = await sc.inject(sc.faults.delay_all(rng.uniform(10, 40)))
+    await asyncio.sleep(rng.uniform(10, 20))
+    await fault.heal()
+    return False
+
+
+async def full_disk(lab: LabCluster, sc: Scenario, rng: random.Random) -> bool:
+    """A server's own disk filled past critical, or to the last byte: it drains itself (no
+    verdict is due: draining is not failing) and is returned afterwards."""
+    fault = await sc.inject(sc.faults.fill_disk(rng.choice(lab.names), rng.choice([98.0, 100.0])))
+    await asyncio.sleep(rng.uniform(8, 15))
+    await fault.heal()
+    return False
+
+
 ROUNDS: dict[str, Round] = {
     "isolate": isolate,
     "split": split,
@@ -113,7 +148,13 @@ ROUNDS: dict[str, Round] = {
     "long_stall": long_stall,
     "starve_cpu": starve,
     "broker_down": broker,
+    "kill": kill,
+    "delay": delay,
+    "full_disk": full_disk,
 }
+DISK_MB = 64  # each server's own tmpfs (its Raft journal, voters file, incarnation)
+# Sample the disk every second and drain after 2 s critical (defaults: 5 s and 10 s).
+RESOURCES = {"resources": {"interval_s": 1.0, "timeout_s": 0.5, "drain_after_s": 2.0}}
 
 
 async def return_quarantined(lab: LabCluster) -> None:
@@ -130,7 +171,8 @@ async def return_quarantined(lab: LabCluster) -> None:
 
 
 async def soak(minutes: float, rng: random.Random, results: list[Outcome]) -> None:
-    async with LabCluster.build(lab_dir()) as lab:
+    disks = dict.fromkeys(server_names(), DISK_MB)
+    async with LabCluster.build(lab_dir(), tmpfs_mb=disks, extra=RESOURCES) as lab:
         print(f"lab {lab.workdir}: soaking for {minutes:g} min", flush=True)
         deadline = time.monotonic() + minutes * 60
         writers: list[Writer] = []

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from consensus.commands import AssignSlot
-from consensus.state import ClusterState, Role, ServerRecord, ServerState, SlotRecord, SlotState
+from consensus.state import (
+    ClusterState,
+    Role,
+    ServerRecord,
+    ServerState,
+    SlotRecord,
+    SlotState,
+    Suspicion,
+)
 from healer.replace import (
     NO_SPARE,
     LeasePolicy,
@@ -551,3 +559,31 @@ def test_budget_holds_follow_the_slots_that_got_no_spare() -> None:
     commands, _, holds = plan_replacements_within(state, seen, NOW, WALL, POLICY, 1, 1)
     assert [(c.slot, c.owner) for c in commands if isinstance(c, AssignSlot)] == [("s1", "p1")]
     assert holds == [("s3", RESERVED), ("s2", "cascade mode: replacement budget used")]
+
+
+@pytest.mark.parametrize(
+    ("suspected", "expected"),
+    [
+        pytest.param((), "p2", id="nobody-suspected-the-other-domain"),
+        pytest.param(("p2",), "p1", id="an-unsuspected-spare-beats-the-domain"),
+        pytest.param(("p1", "p2"), "p2", id="all-suspected-as-before"),
+    ],
+)
+def test_pick_spare_prefers_a_spare_nobody_suspects(
+    suspected: tuple[str, ...], expected: str
+) -> None:
+    """Across a partition the leader's side may only reach some spares: a spare it suspects
+    would be handed the slot, fail to renew its lease and cost another round."""
+    lost = slot(owner="a1", state="lost")
+    state = ClusterState(
+        cluster="moon",
+        servers=(
+            srv("a1", "rack-a", state="failed"),
+            srv("p1", "rack-a", "spare"),
+            srv("p2", "rack-b", "spare"),
+        ),
+        slots=(lost,),
+        suspicions=tuple(Suspicion(name, 1, 10.0) for name in suspected),
+    )
+    picked = pick_spare(state, lost, set())
+    assert picked is not None and picked.name == expected
