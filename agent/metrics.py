@@ -116,15 +116,10 @@ def _per_name(snap: Snapshot) -> Iterable[Metric]:
         for name in get_args(SlotState):
             slot_state.add_metric([slot.name, name], 1 if slot.state == name else 0)
     yield slot_state
-    owners = {s.owner for s in state.slots if s.owner}
     yield GaugeMetricFamily(
         "moonwatch_spares_available",
         "Spare servers that are up and own no slot (what a replacement can use)",
-        value=sum(
-            1
-            for s in state.servers
-            if s.role == "spare" and s.state == "up" and s.name not in owners
-        ),
+        value=len(state.free_spares()),
     )
     tenant_slots = {tenant: slot.name for slot in state.slots for tenant in slot.tenants}
     stopped = GaugeMetricFamily(

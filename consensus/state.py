@@ -206,6 +206,14 @@ class ClusterState:
     def up_servers(self) -> tuple[ServerRecord, ...]:
         return tuple(s for s in self.servers if s.state == "up")
 
+    def free_spares(self) -> tuple[ServerRecord, ...]:
+        """Spares that are up and own no live slot: what a replacement can use. A lost slot's
+        owner is history (it failed; returned to the pool it is a spare like any other)."""
+        busy = {s.owner for s in self.slots if s.owner and s.state != "lost"}
+        return tuple(
+            s for s in self.servers if s.role == "spare" and s.state == "up" and s.name not in busy
+        )
+
     def tenant_slot(self, tenant: str) -> SlotRecord | None:
         return next((s for s in self.slots if tenant in s.tenants), None)
 

@@ -83,7 +83,7 @@ def cascade_trigger(
 
 def _spares_run_out(state: ClusterState, spare_reserve: int) -> ModeChange | None:
     waiting = [s.name for s in state.slots if s.state in ("lost", "released", "unassigned")]
-    spares = [s for s in state.servers if s.role == "spare" and s.state == "up"]
+    spares = state.free_spares()
     if not waiting or len(spares) > spare_reserve:
         return None
     if not spare_reserve:

@@ -134,12 +134,8 @@ def pick_spare(
     one. None as well when no more than `spare_reserve` such spares are left (not counting
     those in `taken`)."""
     previous = state.server(slot.owner) if slot.owner else None
-    owners = {s.owner for s in state.slots if s.owner}
-    candidates = [
-        s
-        for s in state.servers
-        if s.role == "spare" and s.state == "up" and s.name not in owners and s.name not in taken
-    ]
+    # A returned server whose old slot is lost may get that very slot back, under a new epoch.
+    candidates = [s for s in state.free_spares() if s.name not in taken]
     if len(candidates) <= spare_reserve:
         return None
     avoid = previous.domain if previous else None

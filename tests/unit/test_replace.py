@@ -168,11 +168,18 @@ def test_wait_s(policy: LeasePolicy, wait_s: float) -> None:
             id="spare-not-up",
         ),
         pytest.param(
-            cluster(slot(state="lost"), slot("s9", "p1", "lost"), a1="failed"),
+            cluster(slot(state="lost"), slot("s9", "p1", "serving"), a1="failed"),
             3.0,
             None,
             "s1: owner a1 failed; no spare is ready",
-            id="spare-still-owns-a-slot",
+            id="spare-serves-a-slot",
+        ),
+        pytest.param(
+            cluster(slot(state="lost"), slot("s9", "p1", "lost"), a1="failed"),
+            3.0,
+            "p1",
+            "owner a1 failed",
+            id="spare-whose-own-slot-is-lost-is-free",
         ),
     ],
 )
@@ -379,8 +386,15 @@ def test_one_spare_per_slot_per_round(
             (srv("p8", "rack-b", "spare"), srv("p2", "rack-a", "spare")),
             "a1",
             set(),
+            "p8",
+            id="a-returned-spare-whose-old-slot-is-lost-is-free",
+        ),
+        pytest.param(
+            (srv("p9", "rack-b", "spare"), srv("p2", "rack-a", "spare")),
+            "a1",
+            set(),
             "p2",
-            id="never-a-spare-that-owns-a-slot",
+            id="never-a-spare-that-serves-a-slot",
         ),
         pytest.param(
             (
@@ -403,10 +417,13 @@ def test_pick_spare(
     servers: tuple[ServerRecord, ...], previous: str | None, taken: set[str], expected: str | None
 ) -> None:
     lost = slot(owner=previous, state="lost")
-    # p8 still owns a lost slot (a failed server returned to the pool as a spare).
+    # p8 still owns a lost slot (a failed server returned to the pool as a spare); p9 serves one.
     owned = slot("s8", owner="p8", state="lost")
+    serving = slot("s9", owner="p9", state="serving")
     state = ClusterState(
-        cluster="moon", servers=(srv("a1", "rack-a", state="failed"), *servers), slots=(lost, owned)
+        cluster="moon",
+        servers=(srv("a1", "rack-a", state="failed"), *servers),
+        slots=(lost, owned, serving),
     )
     picked = pick_spare(state, lost, set(taken))
     assert (picked.name if picked else None) == expected
