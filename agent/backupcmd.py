@@ -2,7 +2,8 @@
 
 Like the daily task, these run the app's own backup module as a process against the slots'
 data on this machine (the SQLite file under <data_dir>/slots/<slot>, or the slot's
-PostgreSQL database, whose URL is handed over in the environment).
+PostgreSQL database, whose URL is handed over in the environment; the uploaded files under
+<data_dir>/slots/<slot>/files either way).
 """
 
 from __future__ import annotations
@@ -84,14 +85,24 @@ def backup_now(config: ClusterConfig, slots: list[str] | None) -> int:
             _size(o.size) if o.ok else "-",
             str(o.tables) if o.ok else "-",
             str(o.rows) if o.ok else "-",
+            str(o.files) if o.ok else "-",
+            _size(o.file_bytes) if o.ok else "-",
             "yes" if o.verified else "FAILED",
         ]
         for o in outcomes
     ]
-    print("\n".join(table(["SLOT", "FILE", "SIZE", "TABLES", "ROWS", "VERIFIED"], rows)))
+    headers = ["SLOT", "FILE", "SIZE", "TABLES", "ROWS", "UPLOADS", "UPLOAD_SIZE", "VERIFIED"]
+    print("\n".join(table(headers, rows)))
     failed = [o for o in outcomes if not o.ok]
     for outcome in failed:
         print(f"backup of {outcome.slot} failed: {outcome.error}", file=sys.stderr)
+    for outcome in outcomes:
+        if outcome.files_lost:
+            print(
+                f"backup of {outcome.slot}: {outcome.files_lost} uploaded file(s) listed in its "
+                "database are absent or damaged on disk (see files.missing in the manifest)",
+                file=sys.stderr,
+            )
     if not failed:
         print(f"in {config.backup_dir}")
     return EXIT_FAILED if failed else EXIT_OK
@@ -105,11 +116,23 @@ def _manifest(path: Path) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
+def _uploads(doc: dict[str, Any]) -> list[str]:
+    """The UPLOADS and UPLOAD_SIZE cells: "-" for a backup made before files were kept."""
+    files = doc.get("files")
+    if not isinstance(files, dict):
+        return ["-", "-"]
+    missing = files.get("missing")
+    count = str(files.get("count", "?"))
+    if isinstance(missing, list) and missing:
+        count += f" ({len(missing)} missing)"
+    return [count, _size(int(files.get("bytes", 0)))]
+
+
 def _listing_row(directory: Path, name: str, slot: str) -> list[str]:
     doc = _manifest(directory / (name + MANIFEST_SUFFIX))
     tables = doc.get("tables") if doc is not None else None
     if doc is None or not isinstance(tables, dict):
-        return [slot, name, "-", "-", "-", "-", "no manifest (cannot be checked)"]
+        return [slot, name, "-", "-", "-", "-", "-", "-", "no manifest (cannot be checked)"]
     return [
         slot,
         name,
@@ -117,6 +140,7 @@ def _listing_row(directory: Path, name: str, slot: str) -> list[str]:
         _size(int(doc.get("size", 0))),
         str(len(tables)),
         str(sum(v for v in tables.values() if isinstance(v, int))),
+        *_uploads(doc),
         str(doc.get("kind", "backup")),
     ]
 
@@ -141,7 +165,17 @@ def list_backups(config: ClusterConfig, slot: str | None) -> int:
     if not rows:
         print(f"no backups in {directory}")
         return EXIT_OK
-    headers = ["SLOT", "FILE", "CREATED", "SIZE", "TABLES", "ROWS", "KIND"]
+    headers = [
+        "SLOT",
+        "FILE",
+        "CREATED",
+        "SIZE",
+        "TABLES",
+        "ROWS",
+        "UPLOADS",
+        "UPLOAD_SIZE",
+        "KIND",
+    ]
     print("\n".join(table(headers, rows)))
     return EXIT_OK
 
@@ -151,6 +185,28 @@ def _backup_path(config: ClusterConfig, given: str) -> Path:
     if not path.exists() and (config.backup_dir / given).exists():
         return config.backup_dir / given
     return path.absolute()
+
+
+def _files_line(files: Any, dry_run: bool) -> str:
+    """What a restore does (or would do) to the slot's uploaded files, in words."""
+    if not isinstance(files, dict):
+        return "files: not reported"
+    if files.get("included") is not True:
+        return f"files: {files.get('note')}"
+    if dry_run:
+        return (
+            f"files: {files.get('added')} would be added, {files.get('removed')} removed, "
+            f"{files.get('changed')} changed, {files.get('unchanged')} unchanged"
+        )
+    line = (
+        f"files: {files.get('count')} restored ({_size(int(files.get('bytes', 0)))}) "
+        f"in {files.get('directory')}"
+    )
+    if files.get("missing"):
+        line += f"; {files.get('missing')} listed as missing in the backup"
+    if files.get("previous_left_at"):
+        line += f"; remove what is left of the previous files at {files['previous_left_at']}"
+    return line
 
 
 def _render_restore(docs: list[dict[str, Any]], dry_run: bool) -> None:
@@ -164,12 +220,14 @@ def _render_restore(docs: list[dict[str, Any]], dry_run: bool) -> None:
                 for name, c in compare.items()
             ]
             print("\n".join(table(["TABLE", "CURRENT", "BACKUP", "CHANGE"], rows)))
+            print(_files_line(doc.get("files"), dry_run=True))
             print(f"dry run: nothing changed ({len(doc.get('changed', []))} tables would change)")
         elif doc.get("action") == "restore":
             print(
                 f"restored slot {doc.get('slot')} from {doc.get('file')}: {doc.get('tables')} "
                 f"tables, {doc.get('rows')} rows, checked"
             )
+            print(_files_line(doc.get("files"), dry_run=False))
 
 
 def _change(counts: dict[str, Any]) -> str:

@@ -1,9 +1,10 @@
 """Daily backups of the slots this server serves: the schedule, the rotation and BackupKeeper.
 
 The work on a slot's data is done by the app's own backup module, run as a process (the agent
-never imports the app's internals): `python -m app.backup create` makes a backup, checks it by
-restoring it into a scratch database and prints one JSON line. Only the server that serves a
-slot backs it up, so two servers never back up one slot.
+never imports the app's internals): `python -m app.backup create` backs up the database and the
+uploaded files it lists (`<backup>.files.tar`), checks both by restoring the database into a
+scratch database and reading the archive back, and prints one JSON line. Only the server that
+serves a slot backs it up, so two servers never back up one slot.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ DAY_S = 86_400.0
 # shutdown or a jump of the wall clock is noticed promptly.
 CHECK_S = 1.0
 MANIFEST_SUFFIX = ".json"
+# The archive of a backup's uploaded files (none beside backups made before files were kept).
+ARCHIVE_SUFFIX = ".files.tar"
+COMPANION_SUFFIXES = (MANIFEST_SUFFIX, ARCHIVE_SUFFIX)
 # The names `python -m app.backup` gives its backups; the rotation touches nothing else.
 BACKUP_NAME = re.compile(
     r"^(?P<slot>[a-z][a-z0-9-]*?)-(?:(?P<kind>pre-restore)-)?"
@@ -76,14 +80,23 @@ def parse_backup_name(name: str) -> BackupName | None:
     return BackupName(name, match.group("slot"), at, match.group("kind") is not None)
 
 
+def _backup_of(name: str) -> str:
+    """The backup a file of the directory belongs to: itself, or the backup it accompanies."""
+    for suffix in COMPANION_SUFFIXES:
+        if name.endswith(suffix):
+            return name.removesuffix(suffix)
+    return name
+
+
 def to_delete(names: Iterable[str], keep_days: int, now: float) -> list[str]:
-    """The files of a backup directory listing to remove: backups (and their manifests) made
-    more than `keep_days` days before `now` by the time in their name, except each slot's
-    newest successful backup (one with its manifest). Names not ours are never listed."""
+    """The files of a backup directory listing to remove: backups (with their manifests and
+    files archives) made more than `keep_days` days before `now` by the time in their name,
+    except each slot's newest successful backup (one with its manifest). Names not ours are
+    never listed."""
     listed = set(names)
     backups: dict[str, BackupName] = {}
     for name in listed:
-        parsed = parse_backup_name(name.removesuffix(MANIFEST_SUFFIX))
+        parsed = parse_backup_name(_backup_of(name))
         if parsed is not None:
             backups[parsed.name] = parsed
     newest: dict[str, BackupName] = {}
@@ -96,7 +109,7 @@ def to_delete(names: Iterable[str], keep_days: int, now: float) -> list[str]:
     doomed = [
         b.name for b in backups.values() if now - b.at > keep_s and newest.get(b.slot) is not b
     ]
-    files = [n for b in doomed for n in (b, b + MANIFEST_SUFFIX) if n in listed]
+    files = [n for b in doomed for n in (b, *(b + s for s in COMPANION_SUFFIXES)) if n in listed]
     return sorted(files)
 
 
@@ -131,7 +144,10 @@ def slots_to_back_up(
 
 @dataclass(frozen=True, slots=True)
 class BackupOutcome:
-    """One slot's backup as `python -m app.backup create` reported it."""
+    """One slot's backup as `python -m app.backup create` reported it: the database file's
+    `size`; the uploaded files in its archive (`files`, `file_bytes` of contents, the archive's
+    `archive_size`) and how many files the database lists that are lost to the slot itself
+    (`files_lost`: bytes absent or damaged, not deleted while the backup ran)."""
 
     slot: str
     ok: bool
@@ -142,6 +158,15 @@ class BackupOutcome:
     rows: int = 0
     verified: bool = False
     duration_s: float = 0.0
+    files: int = 0
+    file_bytes: int = 0
+    archive_size: int = 0
+    files_lost: int = 0
+
+    @property
+    def total_bytes(self) -> int:
+        """What the backup takes on disk: the database file and the files archive."""
+        return self.size + self.archive_size
 
 
 def last_json(text: str) -> dict[str, Any]:
@@ -165,6 +190,10 @@ def outcome_of(
         tail = " / ".join(line for line in stderr.strip().splitlines()[-3:])
         why = doc.get("error") or tail or "no message"
         return BackupOutcome(slot, False, f"{why} (exit code {code})")
+    files = doc.get("files")
+    files = files if isinstance(files, dict) else {}
+    missing = files.get("missing")
+    lost = [m for m in missing if m.get("reason") != "deleted"] if isinstance(missing, list) else []
     return BackupOutcome(
         slot,
         True,
@@ -173,6 +202,10 @@ def outcome_of(
         tables=int(doc.get("tables", 0)),
         rows=int(doc.get("rows", 0)),
         verified=doc.get("verified") is True,
+        files=int(files.get("count", 0)),
+        file_bytes=int(files.get("bytes", 0)),
+        archive_size=int(files.get("size", 0)),
+        files_lost=len(lost),
     )
 
 
@@ -329,15 +362,25 @@ class BackupKeeper:
             return
         status.last_ok_at, status.last_error, status.last_file = wall, None, outcome.file
         self._metrics.backup_last_success.labels(outcome.slot).set(wall)
-        self._metrics.backup_bytes.labels(outcome.slot).set(outcome.size)
+        self._metrics.backup_bytes.labels(outcome.slot).set(outcome.total_bytes)
         _log.info(
             "backup_done",
             slot=outcome.slot,
             file=outcome.file,
             size=outcome.size,
             rows=outcome.rows,
+            files=outcome.files,
+            file_bytes=outcome.file_bytes,
             seconds=round(outcome.duration_s, 3),
         )
+        if outcome.files_lost:
+            _log.warning(
+                "backup_files_lost",
+                slot=outcome.slot,
+                file=outcome.file,
+                lost=outcome.files_lost,
+                hint="listed in the database but absent or damaged on disk: see the manifest",
+            )
 
     def _listing(self) -> list[str]:
         try:

@@ -1,4 +1,4 @@
-"""Backup files and their manifests: names, checksums, durable writes and the checks on them."""
+"""Backup files, their files archives and manifests: names, checksums, durable writes, checks."""
 
 from __future__ import annotations
 
@@ -22,7 +22,15 @@ EXIT_FAILED: Final = 1  # a check failed, or the backup could not be written or 
 EXIT_USAGE: Final = 2
 EXIT_DATABASE: Final = 3  # the slot's database cannot be opened or read
 
-MANIFEST_FORMAT: Final = 1
+# Format 1: the database only. Format 2: the database and its ``files`` section (the archive of
+# uploaded files beside it). Both are read; every new backup is format 2.
+MANIFEST_FORMAT: Final = 2
+DATABASE_ONLY_FORMAT: Final = 1
+_FORMATS: Final = (DATABASE_ONLY_FORMAT, MANIFEST_FORMAT)
+ARCHIVE_SUFFIX: Final = ".files.tar"
+# Why a file the backed-up database lists is not in the archive: deleted after the snapshot (row,
+# then bytes), or, with its row still live, bytes absent, not what the row records, or unreadable.
+MISSING_REASONS: Final = ("deleted", "absent", "damaged", "unreadable")
 SUFFIXES: Final[dict[Dialect, str]] = {"sqlite": ".sqlite3", "postgres": ".pgdump"}
 PRE_RESTORE: Final = "pre-restore"
 Kind = Literal["backup", "pre-restore"]
@@ -74,6 +82,11 @@ def manifest_path(backup: Path) -> Path:
     return backup.with_name(backup.name + ".json")
 
 
+def archive_path(backup: Path) -> Path:
+    """The archive of uploaded files that belongs to ``backup``."""
+    return backup.with_name(backup.name + ARCHIVE_SUFFIX)
+
+
 def dialect_of(backup: Path) -> Dialect:
     """The dialect a backup file holds, from its name; BackupError for a name not ours."""
     match = BACKUP_NAME.match(backup.name)
@@ -82,6 +95,28 @@ def dialect_of(backup: Path) -> Dialect:
             f"{backup.name} is not a backup name (<slot>-<YYYYmmddTHHMMSSZ>.sqlite3 or .pgdump)"
         )
     return "sqlite" if match.group("ext") == "sqlite3" else "postgres"
+
+
+@dataclass(frozen=True)
+class MissingFile:
+    """A file the backed-up database lists whose bytes are not in the archive, and why."""
+
+    tenant_id: int
+    file_id: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class FilesSection:
+    """The ``files`` section of a manifest: the archive (name, size, sha256), the files in it
+    (count and bytes of their contents) and the listed files left out of it."""
+
+    archive: str
+    count: int
+    bytes: int
+    size: int
+    sha256: str
+    missing: tuple[MissingFile, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -96,14 +131,18 @@ class Manifest:
     sha256: str
     tables: dict[str, int]
     kind: Kind = "backup"
-    format: int = field(default=MANIFEST_FORMAT)
+    format: int = field(default=DATABASE_ONLY_FORMAT)
+    files: FilesSection | None = None
 
     @property
     def rows(self) -> int:
         return sum(self.tables.values())
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        doc = asdict(self)
+        if self.files is None:
+            del doc["files"]  # a format-1 manifest, as it was written
+        return doc
 
 
 def _field(data: Mapping[str, Any], key: str, kind: type, where: Path) -> Any:
@@ -111,6 +150,36 @@ def _field(data: Mapping[str, Any], key: str, kind: type, where: Path) -> Any:
     if not isinstance(value, kind) or isinstance(value, bool):
         raise BackupError(f"manifest {where.name} has no valid {key!r}: it was edited or damaged")
     return value
+
+
+def _missing(entry: object, where: Path) -> MissingFile:
+    if not isinstance(entry, dict):
+        raise BackupError(f"manifest {where.name} has an invalid files.missing entry")
+    tenant_id, file_id = entry.get("tenant_id"), entry.get("file_id")
+    reason = entry.get("reason")
+    if type(tenant_id) is not int or type(file_id) is not int or reason not in MISSING_REASONS:
+        raise BackupError(f"manifest {where.name} has an invalid files.missing entry: {entry!r}")
+    return MissingFile(tenant_id, file_id, str(reason))
+
+
+def parse_files(data: object, where: Path) -> FilesSection:
+    """The ``files`` section; BackupError naming the first field that is wrong."""
+    if not isinstance(data, dict):
+        raise BackupError(f"manifest {where.name} has no valid 'files' section")
+    counts = [_field(data, key, int, where) for key in ("count", "bytes", "size")]
+    missing = data.get("missing", [])
+    if not isinstance(missing, list) or any(n < 0 for n in counts):
+        raise BackupError(
+            f"manifest {where.name} has an invalid 'files' section: edited or damaged"
+        )
+    return FilesSection(
+        archive=_field(data, "archive", str, where),
+        count=counts[0],
+        bytes=counts[1],
+        size=counts[2],
+        sha256=_field(data, "sha256", str, where),
+        missing=tuple(_missing(entry, where) for entry in missing),
+    )
 
 
 def parse_manifest(data: object, where: Path) -> Manifest:
@@ -134,6 +203,7 @@ def parse_manifest(data: object, where: Path) -> Manifest:
         tables=dict(tables),
         kind=kind,
         format=_field(data, "format", int, where),
+        files=None if data.get("files") is None else parse_files(data["files"], where),
     )
 
 
@@ -156,8 +226,18 @@ def read_manifest(backup: Path) -> Manifest:
     match = BACKUP_NAME.match(backup.name)
     if manifest.file != backup.name or match is None or match.group("slot") != manifest.slot:
         raise BackupError(f"manifest {path.name} describes {manifest.file!r}, not {backup.name!r}")
-    if manifest.dialect != dialect_of(backup) or manifest.format != MANIFEST_FORMAT:
+    if manifest.dialect != dialect_of(backup) or manifest.format not in _FORMATS:
         raise BackupError(f"manifest {path.name} does not match the backup's kind or format")
+    if (manifest.files is not None) != (manifest.format == MANIFEST_FORMAT):
+        raise BackupError(
+            f"manifest {path.name} is format {manifest.format} but "
+            f"{'has' if manifest.files is not None else 'lacks'} a 'files' section: edited"
+        )
+    if manifest.files is not None and manifest.files.archive != archive_path(backup).name:
+        raise BackupError(
+            f"manifest {path.name} names archive {manifest.files.archive!r}, "
+            f"not {archive_path(backup).name!r}"
+        )
     return manifest
 
 
@@ -171,19 +251,22 @@ def sha256_of(path: Path) -> str:
 
 def check_file(path: Path, manifest: Manifest, label: str | None = None) -> None:
     """The file is exactly the one the manifest describes (size, then sha256)."""
-    label = label or path.name
+    check_bytes(path, manifest.size, manifest.sha256, f"backup {label or path.name}")
+
+
+def check_bytes(path: Path, size: int, sha256: str, label: str) -> None:
+    """``path`` has ``size`` bytes and that sha256; ``label`` names it in the error."""
     try:
-        size = path.stat().st_size
+        found = path.stat().st_size
     except FileNotFoundError:
-        raise BackupError(f"backup {path} does not exist") from None
-    if size != manifest.size:
+        raise BackupError(f"{label} does not exist ({path})") from None
+    if found != size:
         raise BackupError(
-            f"backup {label} is {size} bytes but its manifest says {manifest.size}: "
-            "truncated or damaged"
+            f"{label} is {found} bytes but its manifest says {size}: truncated or damaged"
         )
-    if sha256_of(path) != manifest.sha256:
+    if sha256_of(path) != sha256:
         raise BackupError(
-            f"backup {label} does not match its manifest's sha256: damaged since it was made"
+            f"{label} does not match its manifest's sha256: damaged since it was made"
         )
 
 
@@ -250,9 +333,20 @@ def write_manifest(backup: Path, manifest: Manifest) -> Path:
     return path
 
 
+def write_manifest_of(backup: Path, manifest: Manifest) -> None:
+    """Write the manifest that makes ``backup`` complete; BackupError when it cannot be."""
+    try:
+        write_manifest(backup, manifest)
+    except OSError as exc:
+        raise BackupError(
+            f"cannot write the manifest in {backup.parent}: {os_reason(exc)}"
+        ) from exc
+
+
 def remove_backup(backup: Path) -> None:
-    """Remove a backup and its manifest (a failed one must not look like a good one)."""
-    for path in (backup, manifest_path(backup)):
+    """Remove a backup, its manifest and its files archive (a failed one must not look like a
+    good one)."""
+    for path in (manifest_path(backup), backup, archive_path(backup)):
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
 

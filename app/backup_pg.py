@@ -11,12 +11,14 @@ import os
 import re
 import secrets
 import shutil
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 
+from app.backup_files import FILE_ROWS_SQL, FILES_TABLE, FileRow, file_row
 from app.backup_manifest import (
     BackupError,
     Kind,
@@ -28,11 +30,9 @@ from app.backup_manifest import (
     iso_utc,
     os_reason,
     publish,
-    removed_on_error,
     sha256_of,
     temp_path,
     unusable,
-    write_manifest,
 )
 from app.postgres_db import PG_CONNECT_TIMEOUT_S, redact_dsn
 
@@ -104,6 +104,27 @@ async def row_counts(conn: Any) -> dict[str, int]:
     return counts
 
 
+async def file_rows(conn: Any, tables: Collection[str]) -> list[FileRow]:
+    """The files a database lists (none when it has no files table)."""
+    if FILES_TABLE not in tables:
+        return []
+    return [file_row(tuple(row)) for row in await conn.fetch(FILE_ROWS_SQL)]
+
+
+async def live_file_ids(dsn: str, ids: Collection[int]) -> set[int]:
+    """Which of ``ids`` the slot's database still lists as files."""
+    conn = await _connect(dsn)
+    try:
+        rows = await conn.fetch(
+            f"SELECT id FROM {FILES_TABLE} WHERE id = ANY($1::bigint[])", sorted(ids)
+        )
+    except asyncpg.PostgresError as exc:
+        raise unusable(f"cannot read the files table of {redact_dsn(dsn)}: {exc}") from exc
+    finally:
+        await conn.close()
+    return {int(row["id"]) for row in rows}
+
+
 async def current_counts(dsn: str) -> dict[str, int]:
     conn = await _connect(dsn)
     try:
@@ -137,9 +158,9 @@ async def _run_tool(name: str, args: list[str], env_extra: dict[str, str]) -> No
         raise BackupError(f"{name} failed (exit code {proc.returncode}): {detail}")
 
 
-async def _dump(dsn: str, out: Path) -> dict[str, int]:
+async def _dump(dsn: str, out: Path) -> tuple[dict[str, int], list[FileRow]]:
     """pg_dump into ``out`` inside a snapshot exported by a REPEATABLE READ transaction that
-    counts the rows: the counts describe exactly what the dump holds."""
+    counts the rows and reads the files table: both describe exactly what the dump holds."""
     url, env = tool_target(dsn)
     conn = await _connect(dsn)
     try:
@@ -148,6 +169,7 @@ async def _dump(dsn: str, out: Path) -> dict[str, int]:
         try:
             snapshot = str(await conn.fetchval("SELECT pg_export_snapshot()"))
             tables = await row_counts(conn)
+            files = await file_rows(conn, tables)
             args = ["--format=custom", f"--snapshot={snapshot}", f"--file={out}", f"--dbname={url}"]
             await _run_tool("pg_dump", args, env)
         finally:
@@ -156,46 +178,46 @@ async def _dump(dsn: str, out: Path) -> dict[str, int]:
         raise unusable(f"cannot read {redact_dsn(dsn)}: {exc}") from exc
     finally:
         await conn.close()
-    return tables
+    return tables, files
 
 
-async def create_pg(dsn: str, dest: Path, slot: str, at: float, kind: Kind) -> Manifest:
-    """Back up the slot's PostgreSQL database into ``dest``; the new backup's manifest."""
+async def create_pg(
+    dsn: str, dest: Path, slot: str, at: float, kind: Kind
+) -> tuple[Manifest, list[FileRow]]:
+    """Back up the slot's PostgreSQL database into ``dest``; the new backup's manifest (for the
+    caller to complete with the files and write) and the files the backup lists."""
     check_destination(dest)
     name = backup_name(slot, "postgres", at, kind)
     final = dest / name
     temp = temp_path(dest, name)
     try:
-        tables = await _dump(dsn, temp)
+        tables, files = await _dump(dsn, temp)
         size, digest = temp.stat().st_size, sha256_of(temp)
         publish(temp, final)
     except OSError as exc:
         raise BackupError(f"cannot write the backup in {dest}: {os_reason(exc)}") from exc
     finally:
         temp.unlink(missing_ok=True)
-    manifest = Manifest(slot, "postgres", name, iso_utc(at), size, digest, tables, kind)
-    try:
-        with removed_on_error(final):
-            write_manifest(final, manifest)
-    except OSError as exc:
-        raise BackupError(f"cannot write the manifest in {dest}: {os_reason(exc)}") from exc
-    return manifest
+    return Manifest(slot, "postgres", name, iso_utc(at), size, digest, tables, kind), files
 
 
-async def _restore_scratch(dsn: str, backup: Path, scratch: str) -> dict[str, int]:
+async def _restore_scratch(
+    dsn: str, backup: Path, scratch: str
+) -> tuple[dict[str, int], list[FileRow]]:
     url, env = tool_target(dsn, scratch)
     args = ["--no-owner", "--exit-on-error", "--single-transaction", f"--dbname={url}"]
     await _run_tool("pg_restore", [*args, str(backup)], env)
     conn = await _connect(_with_database(dsn, scratch))
     try:
-        return await row_counts(conn)
+        counts = await row_counts(conn)
+        return counts, await file_rows(conn, counts)
     finally:
         await conn.close()
 
 
-async def verify_pg(dsn: str, backup: Path, manifest: Manifest) -> None:
+async def verify_pg(dsn: str, backup: Path, manifest: Manifest) -> list[FileRow]:
     """Checksum, then pg_restore into a scratch database on the slot's server (dropped again
-    whatever happens) and compare its row counts with the manifest."""
+    whatever happens) and compare its row counts with the manifest; the files it lists."""
     check_file(backup, manifest)
     scratch = f"{SCRATCH_PREFIX}{secrets.token_hex(6)}"
     admin = await _connect(dsn)
@@ -207,12 +229,13 @@ async def verify_pg(dsn: str, backup: Path, manifest: Manifest) -> None:
                 f"cannot create a scratch database to check the backup (needs CREATEDB): {exc}"
             ) from exc
         try:
-            counts = await _restore_scratch(dsn, backup, scratch)
+            counts, files = await _restore_scratch(dsn, backup, scratch)
         finally:
             await admin.execute(f"DROP DATABASE IF EXISTS {_ident(scratch)} WITH (FORCE)")
     finally:
         await admin.close()
     check_counts(counts, manifest.tables, f"backup {backup.name}")
+    return files
 
 
 async def restore_pg(dsn: str, backup: Path, manifest: Manifest) -> dict[str, int]:

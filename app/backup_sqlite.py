@@ -1,13 +1,15 @@
-"""SQLite backups of a slot: the online backup API out of the live file and back into it."""
+"""SQLite backups of a slot: the online backup API out of the live file and back into it, and
+the files table as the backed-up copy holds it."""
 
 from __future__ import annotations
 
 import contextlib
 import shutil
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
+from app.backup_files import FILE_ROWS_SQL, FILES_TABLE, FileRow, file_row
 from app.backup_manifest import (
     BackupError,
     Kind,
@@ -19,14 +21,14 @@ from app.backup_manifest import (
     iso_utc,
     os_reason,
     publish,
-    removed_on_error,
     sha256_of,
     temp_path,
     unusable,
-    write_manifest,
 )
 
 BUSY_TIMEOUT_S = 30.0
+# How many ids one `IN (...)` asks about (well under SQLite's limit on parameters).
+IDS_PER_QUERY = 500
 _UNUSABLE = ("SQLITE_NOTADB", "SQLITE_CORRUPT", "SQLITE_CANTOPEN")
 
 
@@ -64,6 +66,28 @@ def row_counts(conn: sqlite3.Connection) -> dict[str, int]:
     return {n: int(conn.execute(f"SELECT count(*) FROM {_quoted(n)}").fetchone()[0]) for n in names}
 
 
+def file_rows(conn: sqlite3.Connection, tables: Collection[str]) -> list[FileRow]:
+    """The files a database lists (none when it has no files table)."""
+    if FILES_TABLE not in tables:
+        return []
+    return [file_row(row) for row in conn.execute(FILE_ROWS_SQL)]
+
+
+def live_file_ids(db: Path, ids: Collection[int]) -> set[int]:
+    """Which of ``ids`` the live database still lists as files."""
+    wanted, found = sorted(ids), set[int]()
+    try:
+        with _connection(db, read_only=True) as conn:
+            for start in range(0, len(wanted), IDS_PER_QUERY):
+                part = wanted[start : start + IDS_PER_QUERY]
+                marks = ", ".join("?" * len(part))
+                query = f"SELECT id FROM {FILES_TABLE} WHERE id IN ({marks})"
+                found.update(int(row[0]) for row in conn.execute(query, part))
+    except sqlite3.Error as exc:
+        raise _failure(f"cannot read the files table of {db}", exc) from exc
+    return found
+
+
 def current_counts(db: Path) -> dict[str, int]:
     """Row counts of the live database; empty when it does not exist yet."""
     if not db.is_file():
@@ -84,9 +108,9 @@ def _failure(what: str, exc: sqlite3.Error) -> BackupError:
     return BackupError(f"{what}: {exc}")
 
 
-def _copy_out(db: Path, temp: Path) -> dict[str, int]:
+def _copy_out(db: Path, temp: Path) -> tuple[dict[str, int], list[FileRow]]:
     """Copy the live database into ``temp`` (a self-contained rollback-journal file) and
-    return the row counts read back from ``temp`` itself."""
+    return the row counts and the files read back from ``temp`` itself."""
     try:
         source = _open(db, read_only=True)
     except sqlite3.Error as exc:
@@ -102,13 +126,17 @@ def _copy_out(db: Path, temp: Path) -> dict[str, int]:
         source.close()
     try:
         with _connection(temp, read_only=True) as copy:
-            return row_counts(copy)
+            counts = row_counts(copy)
+            return counts, file_rows(copy, counts)
     except sqlite3.Error as exc:
         raise _failure("cannot read the new backup back", exc) from exc
 
 
-def create_sqlite(db: Path, dest: Path, slot: str, at: float, kind: Kind) -> Manifest:
-    """Back up the slot's SQLite file into ``dest``; the manifest of the new backup."""
+def create_sqlite(
+    db: Path, dest: Path, slot: str, at: float, kind: Kind
+) -> tuple[Manifest, list[FileRow]]:
+    """Back up the slot's SQLite file into ``dest``; the new backup's manifest (for the caller
+    to complete with the files and write) and the files the backup lists."""
     check_destination(dest)
     if not db.is_file():
         raise unusable(f"no SQLite database at {db}")
@@ -116,25 +144,20 @@ def create_sqlite(db: Path, dest: Path, slot: str, at: float, kind: Kind) -> Man
     final = dest / name
     temp = temp_path(dest, name)
     try:
-        tables = _copy_out(db, temp)
+        tables, files = _copy_out(db, temp)
         size, digest = temp.stat().st_size, sha256_of(temp)
         publish(temp, final)
     except OSError as exc:
         raise BackupError(f"cannot write the backup in {dest}: {os_reason(exc)}") from exc
     finally:
         temp.unlink(missing_ok=True)
-    manifest = Manifest(slot, "sqlite", name, iso_utc(at), size, digest, tables, kind)
-    try:
-        with removed_on_error(final):
-            write_manifest(final, manifest)
-    except OSError as exc:
-        raise BackupError(f"cannot write the manifest in {dest}: {os_reason(exc)}") from exc
-    return manifest
+    return Manifest(slot, "sqlite", name, iso_utc(at), size, digest, tables, kind), files
 
 
-def verify_sqlite(backup: Path, manifest: Manifest, scratch: Path) -> Path:
+def verify_sqlite(backup: Path, manifest: Manifest, scratch: Path) -> tuple[Path, list[FileRow]]:
     """Check a copy of ``backup`` in ``scratch``: checksum, integrity, foreign keys and row
-    counts against the manifest. Returns the checked copy (a restore reads that one)."""
+    counts against the manifest. Returns the checked copy (a restore reads that one) and the
+    files it lists."""
     copy = scratch / backup.name
     try:
         shutil.copyfile(backup, copy)
@@ -148,6 +171,7 @@ def verify_sqlite(backup: Path, manifest: Manifest, scratch: Path) -> Path:
             integrity = [str(row[0]) for row in conn.execute("PRAGMA integrity_check")]
             broken = conn.execute("PRAGMA foreign_key_check").fetchall()
             counts = row_counts(conn)
+            files = file_rows(conn, counts)
     except sqlite3.Error as exc:
         raise BackupError(f"backup {backup.name} cannot be read as SQLite: {exc}") from exc
     if integrity != ["ok"]:
@@ -158,7 +182,7 @@ def verify_sqlite(backup: Path, manifest: Manifest, scratch: Path) -> Path:
             f"the first in table {broken[0][0]}"
         )
     check_counts(counts, manifest.tables, f"backup {backup.name}")
-    return copy
+    return copy, files
 
 
 def restore_sqlite(copy: Path, db: Path, manifest: Manifest) -> dict[str, int]:

@@ -106,7 +106,8 @@ def test_a_backup_is_a_checked_copy_with_its_manifest(tool: Tool, slot: Path, de
     assert manifest["size"] == made.stat().st_size
     assert manifest["tables"]["tenants"] == 2 and manifest["tables"]["users"] == 2
     assert manifest["created_at"].endswith("Z")
-    assert sorted(p.name for p in dest.iterdir()) == [made.name, made.name + ".json"]
+    names = [made.name, made.name + ".files.tar", made.name + ".json"]
+    assert sorted(p.name for p in dest.iterdir()) == names
     # The backup is one self-contained file (no WAL beside it, rollback journal mode).
     conn = sqlite3.connect(f"{made.as_uri()}?mode=ro", uri=True)
     try:
@@ -160,7 +161,7 @@ def test_a_dry_run_shows_the_changes_and_changes_nothing(
     assert line["changed"] == ["invitations"]
     assert line["compare"]["invitations"] == {"current": 0, "backup": 2}
     assert sqlite_path(slot).read_bytes() == before
-    assert len(list(dest.iterdir())) == 2  # no safety backup either
+    assert len(list(dest.iterdir())) == 3  # no safety backup either
 
 
 def test_a_restore_refuses_a_backup_of_another_slot(tool: Tool, slot: Path, dest: Path) -> None:

@@ -30,6 +30,7 @@ from consensus.commands import ServerUp, SlotServing
 from consensus.memory import MemoryConsensus, MemoryLog
 from consensus.protocol import RaftStatus, Snapshot
 from consensus.state import ClusterState
+from tests.backup_support import Uploads, tree
 from tests.support import StaticDriver, cluster_config, write_config
 
 # 02:59:58 UTC: the default schedule (03:00) is two seconds away.
@@ -66,27 +67,39 @@ def count(db: Path, table: str) -> int:
     return int(run_sql(db, f"SELECT count(*) FROM {table}")[0][0])
 
 
+def slot_uploads(config_path: Path, slot: str = "s1") -> Uploads:
+    return Uploads(slot_db(config_path, slot), slot_db(config_path, slot).parent)
+
+
 # ---------------------------------------------------------------- the command line
 
 
 def test_backup_backs_up_the_local_slots_and_lists_them(
     config_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    slot_uploads(config_path).add(b"x" * 2048, b"y" * 1024)
     capsys.readouterr()
     assert cli(config_path, "backup") == 0
     out = capsys.readouterr().out
     header, row = out.splitlines()[:2]
-    assert header.split() == ["SLOT", "FILE", "SIZE", "TABLES", "ROWS", "VERIFIED"]
-    assert row.split()[0] == "s1" and row.split()[-1] == "yes"
+    assert header.split() == [
+        *("SLOT", "FILE", "SIZE", "TABLES", "ROWS", "UPLOADS", "UPLOAD_SIZE", "VERIFIED"),
+    ]
+    assert row.split()[0] == "s1" and row.split()[-4:] == ["2", "3.0", "KiB", "yes"]
     assert "s2" not in out  # no data here: not chosen
     backups = config_path.parent / "data" / "backups"
     (made,) = backups.glob("s1-*.sqlite3")
     assert (backups / (made.name + ".json")).is_file()
+    assert (backups / (made.name + ".files.tar")).is_file()
 
     assert cli(config_path, "backups") == 0
     listing = capsys.readouterr().out.splitlines()
-    assert listing[0].split() == ["SLOT", "FILE", "CREATED", "SIZE", "TABLES", "ROWS", "KIND"]
-    assert listing[1].split()[:2] == ["s1", made.name] and listing[1].split()[-1] == "backup"
+    assert listing[0].split() == [
+        *("SLOT", "FILE", "CREATED", "SIZE", "TABLES", "ROWS", "UPLOADS", "UPLOAD_SIZE", "KIND"),
+    ]
+    assert listing[1].split()[:2] == ["s1", made.name]
+    assert listing[1].split()[-4:] == ["2", "3.0", "KiB", "backup"]
+    assert len(listing) == 2  # the archive is no backup of its own
     assert cli(config_path, "backups", "--slot", "s2") == 0
     assert "no backups in" in capsys.readouterr().out
 
@@ -103,19 +116,25 @@ def test_backup_of_a_slot_without_local_data_fails(
     assert cli(config_path, "backup", "--slot", "nope") == 2
 
 
-def test_restore_asks_for_yes_and_brings_back_deleted_rows(
+def test_restore_asks_for_yes_and_brings_back_deleted_rows_and_files(
     config_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    uploads = slot_uploads(config_path)
+    kept, lost = uploads.add(b"kept\n", b"lost\n")
+    db = slot_db(config_path)
+    invitations = count(db, "invitations")
     assert cli(config_path, "backup", "--slot", "s1") == 0
     (made,) = (config_path.parent / "data" / "backups").glob("s1-*.sqlite3")
-    db = slot_db(config_path)
     run_sql(db, "DELETE FROM invitations")
+    uploads.delete(lost)
     capsys.readouterr()
 
     assert cli(config_path, "restore", "s1", made.name, "--dry-run") == 0
     out = capsys.readouterr().out
-    assert any(line.split() == ["invitations", "0", "1", "+1"] for line in out.splitlines())
-    assert "dry run: nothing changed (1 tables would change)" in out
+    change = ["invitations", "0", str(invitations), f"+{invitations}"]
+    assert any(line.split() == change for line in out.splitlines())
+    assert "files: 1 would be added, 0 removed, 0 changed, 1 unchanged" in out
+    assert "dry run: nothing changed (2 tables would change)" in out
     assert count(db, "invitations") == 0
 
     assert cli(config_path, "restore", "s1", str(made)) == 2
@@ -127,7 +146,9 @@ def test_restore_asks_for_yes_and_brings_back_deleted_rows(
     out = capsys.readouterr().out
     assert "saved the current data first:" in out and "pre-restore" in out
     assert f"restored slot s1 from {made}" in out
-    assert count(db, "invitations") == 1
+    assert f"files: 2 restored (10 B) in {db.parent / 'files'}" in out
+    assert count(db, "invitations") == invitations
+    assert tree(db.parent) == {kept.member: b"kept\n", lost.member: b"lost\n"}
 
 
 # ---------------------------------------------------------------- the daily task
@@ -179,7 +200,11 @@ async def test_the_keeper_backs_up_at_the_scheduled_time_and_reports_failures(
     old = config.backup_dir / "s1-20240301T030000Z.sqlite3"
     old.write_bytes(b"old")
     (config.backup_dir / (old.name + ".json")).write_text("{}")
+    (config.backup_dir / (old.name + ".files.tar")).write_bytes(b"old files")
     (config.backup_dir / "notes.txt").write_text("keep me")
+    # An upload whose bytes are lost from the slot: the backup succeeds and says so.
+    (lost,) = await slot_uploads(config_path).store(b"lost\n")
+    lost.path(slot_db(config_path).parent).unlink()
 
     stopping = asyncio.Event()
     with capture_logs() as logs:
@@ -207,12 +232,16 @@ async def test_the_keeper_backs_up_at_the_scheduled_time_and_reports_failures(
     failed = [e for e in logs if e["event"] == "backup_failed"]
     assert [(e["slot"], e["log_level"]) for e in failed] == [("s2", "error")]
     assert "no SQLite database" in failed[0]["reason"]
+    (warned,) = [e for e in logs if e["event"] == "backup_files_lost"]
+    assert (warned["slot"], warned["lost"], warned["log_level"]) == ("s1", 1, "warning")
 
     names = sorted(p.name for p in config.backup_dir.iterdir())
-    assert old.name not in names and "notes.txt" in names
+    assert not [n for n in names if n.startswith(old.name)] and "notes.txt" in names
     (made,) = [n for n in names if n.endswith(".sqlite3")]  # named by the real clock
-    assert names == sorted([made, made + ".json", "notes.txt"])
+    assert names == sorted([made, made + ".files.tar", made + ".json", "notes.txt"])
     assert statuses["s1"]["last_file"] == str(config.backup_dir / made)
+    on_disk = sum((config.backup_dir / n).stat().st_size for n in (made, made + ".files.tar"))
+    assert sample(metrics, "moonwatch_backup_bytes", slot="s1") == on_disk
 
 
 # ---------------------------------------------------------------- GET /v1/status

@@ -137,6 +137,35 @@ def test_rotation_never_touches_names_that_are_not_backups() -> None:
     assert to_delete(names, 1, NOW) == []
 
 
+def with_archive(slot: str, stamp: str, ext: str = "sqlite3") -> list[str]:
+    name = f"{slot}-{stamp}.{ext}"
+    return [name, name + ".files.tar", name + ".json"]
+
+
+def test_rotation_removes_a_backup_with_its_files_archive() -> None:
+    names = [
+        *with_archive("s1", "20240301T030000Z"),  # expired: all three go
+        *pair("s1", "20240302T030000Z"),  # expired, made before files were kept
+        "s1-20240303T030000Z.sqlite3.files.tar",  # expired orphan archive
+        *with_archive("s1", "20240303T030000Z", "pgdump")[1:],  # manifest and archive only
+        *with_archive("s1", "20240319T030000Z"),  # recent: kept
+        ".s1-20240301T030000Z.sqlite3.files.tar.ab12cd34.tmp",  # a temporary name: never
+    ]
+    assert to_delete(names, 14, NOW) == sorted(
+        [
+            *with_archive("s1", "20240301T030000Z"),
+            *pair("s1", "20240302T030000Z"),
+            "s1-20240303T030000Z.sqlite3.files.tar",
+            *with_archive("s1", "20240303T030000Z", "pgdump")[1:],
+        ]
+    )
+
+
+def test_rotation_keeps_the_newest_backup_with_its_archive() -> None:
+    names = [*with_archive("s1", "20240101T030000Z"), *with_archive("s1", "20240102T030000Z")]
+    assert to_delete(names, 14, NOW) == with_archive("s1", "20240101T030000Z")
+
+
 def test_rotation_with_a_long_keep_keeps_everything() -> None:
     names = [*pair("s1", "20200101T000000Z"), *pair("s1", "20240101T000000Z")]
     assert to_delete(names, 3650, NOW) == []
@@ -190,6 +219,20 @@ def test_outcome_of_the_backup_process() -> None:
     assert crashed.error == "Traceback / KeyError: x (exit code 1)"
     late = outcome_of("s1", None, "", "", 600)
     assert late.error == "timed out after 600 s (killed)"
+
+
+def test_outcome_of_a_backup_with_files() -> None:
+    line = (
+        '{"ok": true, "action": "create", "file": "/b/s1-20240310T030000Z.sqlite3", '
+        '"size": 4096, "tables": 3, "rows": 7, "verified": true, "files": {"included": true, '
+        '"count": 5, "bytes": 900, "size": 10240, "missing": [{"tenant_id": 1, "file_id": 2, '
+        '"reason": "deleted"}, {"tenant_id": 1, "file_id": 3, "reason": "absent"}]}}'
+    )
+    ok = outcome_of("s1", 0, line, "", 600)
+    assert (ok.files, ok.file_bytes, ok.archive_size, ok.files_lost) == (5, 900, 10240, 1)
+    assert ok.total_bytes == 4096 + 10240
+    old = '{"ok": true, "size": 4096, "files": {"included": false, "note": "..."}}'
+    assert outcome_of("s1", 0, old, "", 600).files == 0
 
 
 # ---------------------------------------------------------------- configuration
