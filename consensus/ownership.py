@@ -72,6 +72,7 @@ def assign_slot(state: ClusterState, cmd: AssignSlot) -> ClusterState:
     state = put_slot(state, updated)
     if owner.role == "spare":  # a spare that takes a slot is active from now on
         state = put_server(state, dataclasses.replace(owner, role="active"))
+    state = _back_to_the_pool(state, slot.owner)
     evidence = {
         **cmd.evidence,
         "owner": cmd.owner,
@@ -150,3 +151,15 @@ def _require_held(state: ClusterState, slot: SlotRecord, kind: str) -> None:
     if owner is None or owner.state != "up":
         state_name = "unknown" if owner is None else owner.state
         raise CommandRejected(f"{kind}: owner {slot.owner} of {slot.name} is {state_name}")
+
+
+def _back_to_the_pool(state: ClusterState, name: str | None) -> ClusterState:
+    """A server still up whose slot moved away (it stopped renewing its lease while cut off or
+    stalled) and that serves nothing else is a spare again, as if it had been returned: left
+    active, it would be idle and out of every replacement's reach."""
+    server = state.server(name) if name else None
+    if server is None or server.role != "active" or server.state != "up":
+        return state
+    if any(s.state in ("assigned", "serving") for s in state.slots_owned_by(server.name)):
+        return state
+    return put_server(state, dataclasses.replace(server, role="spare"))

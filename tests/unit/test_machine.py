@@ -190,6 +190,8 @@ S1_SERVING = run(ALL_UP, serving("s1", "m1", 1))
 S1_RELEASED = run(ALL_UP, release("s1", "m1", 1))  # d000005
 S1_EPOCH_2 = run(ALL_UP, assign("s1", "m3", 2))  # d000005; m3 active from here on
 M3_QUARANTINED = run(ALL_UP, fail("m3", 1), up("m3", 2))  # d000005, d000006
+# m1 up, but s1 moved away from it: a spare again.
+M1_BACK_IN_POOL = ServerRecord("m1", "spare", "rack-a", state="up", incarnation=1, since=101.0)
 M2_SUSPECTED = run(ALL_UP, probe("m1", "m2", 1))  # d000005: m1 cannot reach m2
 M2_DISPUTED = run(M2_SUSPECTED, probe("m3", "m2", 1, reachable=True))  # m3 can
 
@@ -682,7 +684,8 @@ ACCEPTED = [
             s,
             c,
             servers=[
-                ServerRecord("m3", "active", "rack-c", state="up", incarnation=1, since=101.0)
+                M1_BACK_IN_POOL,  # s1 moved away
+                ServerRecord("m3", "active", "rack-c", state="up", incarnation=1, since=101.0),
             ],
             slots=[SlotRecord("s1", ("acme",), "m3", 2, "assigned", None, 5.0, 0)],
             decision=Decision(
@@ -708,7 +711,8 @@ ACCEPTED = [
             s,
             c,
             servers=[
-                ServerRecord("m3", "active", "rack-c", state="up", incarnation=1, since=101.0)
+                M1_BACK_IN_POOL,  # s1 moved away
+                ServerRecord("m3", "active", "rack-c", state="up", incarnation=1, since=101.0),
             ],
             slots=[SlotRecord("s1", ("acme",), "m3", 2, "assigned", None, 5.0, 0)],
             decision=Decision(
@@ -727,6 +731,7 @@ ACCEPTED = [
         lambda s, c: expected(
             s,
             c,
+            servers=[M1_BACK_IN_POOL],  # released s1, serves nothing now
             slots=[SlotRecord("s1", ("acme",), "m2", 2, "assigned", None, 5.0, 0)],
             decision=Decision(
                 "d000006",
@@ -765,6 +770,7 @@ ACCEPTED = [
             s,
             c,
             servers=[
+                M1_BACK_IN_POOL,  # s1 moved away
                 ServerRecord(
                     "m3",
                     "active",
@@ -773,7 +779,7 @@ ACCEPTED = [
                     incarnation=2,
                     since=109.0,
                     failures=(102.0,),
-                )
+                ),
             ],
             slots=[SlotRecord("s1", ("acme",), "m3", 2, "assigned", None, 5.0, 0)],
             decision=Decision(
@@ -2374,3 +2380,24 @@ def test_a_routine_probe_does_not_replace_a_confirm_probes_vote() -> None:
     refuted = run(confirmed, probe("m3", "m2", 1, reachable=True, cid="c2", kind="confirm"))
     again = refuted.suspicion("m2")
     assert again is not None and again.reachable_by() == ("m3",)
+
+
+def test_an_owner_still_up_whose_slot_moved_away_is_a_spare_again() -> None:
+    """s1 moved from m1 (up, but it stopped renewing its lease) to the spare m3: m1 serves
+    nothing now, so it is back in the pool, and m3 is active."""
+    roles = {s.name: s.role for s in S1_EPOCH_2.servers}
+    assert (roles["m1"], roles["m3"]) == ("spare", "active")
+
+
+def test_an_owner_that_keeps_another_slot_stays_active() -> None:
+    moved = run(M1_OWNS_BOTH, assign("s2", "m3", 3, cid="assign-s2-3"))
+    roles = {s.name: s.role for s in moved.servers}
+    assert (roles["m1"], roles["m3"]) == ("active", "active")
+    back = run(M1_OWNS_BOTH, assign("s1", "m1", 2, cid="assign-s1-2-again"))
+    assert {s.name: s.role for s in back.servers}["m1"] == "active"
+
+
+def test_a_failed_owner_keeps_its_role_until_it_is_returned() -> None:
+    moved = run(M2_FAILED, assign("s2", "m3", 2))
+    roles = {s.name: s.role for s in moved.servers}
+    assert roles["m2"] == "active"  # return_server makes it a spare
